@@ -86,6 +86,11 @@ class TinyClassifier(pl.LightningModule):
         return NAGGS(self.parameters(), lr=self.lr, mu=self.mu, gamma=self.gamma)
 
 
+class FixedGammaClassifier(TinyClassifier):
+    def configure_optimizers(self):
+        return NAGGS(self.parameters(), lr=self.lr, mu=self.mu, gamma=self.gamma, fixed_gamma=True)
+
+
 def _trainer_kwargs(**extra):
     return {"max_epochs": 3, "accelerator": "cpu", "devices": 1, **extra}
 
@@ -242,10 +247,15 @@ def test_seed_errors(args, needle):
 def test_relative_alpha_is_centred_on_the_seed_of_each_mu_and_never_leaves_the_user_range():
     rel = RelativeAlpha(lambda_max=2.0, safety=0.9, window=10.0, low=1e-3, high=1.0)
     for mu, gamma in [(0.01, 0.01), (0.1, 0.05), (0.5, 2.0)]:
-        seed = theory_seed(2.0, mu, gamma, safety=0.9).alpha
+        # gamma evolves to mu, so the seed is the gamma = mu optimum whatever the starting gamma.
+        seed = theory_seed(2.0, mu, mu, safety=0.9).alpha
         assert rel.alpha(1.0, mu, gamma) == pytest.approx(min(seed, 1.0))
         assert rel.alpha(0.1, mu, gamma) == pytest.approx(max(0.1 * seed, 1e-3))
     assert rel.alpha(10.0, 0.5, 2.0) == 1.0  # cut at the user's high
+    # With gamma held fixed, the seed is the paper's alpha_c at that gamma.
+    fixed = RelativeAlpha(lambda_max=2.0, safety=0.9, window=10.0, low=1e-3, high=1.0, fixed_gamma=True)
+    assert fixed.alpha(1.0, 0.1, 0.05) == pytest.approx(theory_seed(2.0, 0.1, 0.05, safety=0.9).alpha)
+    assert fixed.alpha(1.0, 0.1, 0.05) != pytest.approx(rel.alpha(1.0, 0.1, 0.05))
     space = SearchSpace.parse({}).seeded(rel)
     assert ALPHA_RATIO in space.distributions and "lr" not in space.distributions
     assert space.distributions[ALPHA_RATIO] == FloatDistribution(0.1, 10.0, log=True)
@@ -288,6 +298,25 @@ def test_storage_errors_are_one_line_and_hide_passwords(url, needle):
 # Real studies through the Python API
 
 
+def test_fixed_gamma_is_seeded_at_the_papers_alpha_c_for_its_own_gamma():
+    # Held fixed, gamma never relaxes to mu: the seed is the fixed-gamma optimum alpha_c(mu, gamma, L).
+    study = run(
+        model=lambda p: FixedGammaClassifier(**p),
+        datamodule=TinyData(),
+        trainer_kwargs=_trainer_kwargs(max_epochs=1),
+        space={"mu": 0.05, "gamma": 1.0},
+        storage=None,
+        curvature_batches=3,
+        seed_trials=1,
+        n_trials=1,
+        verbose=False,
+    )
+    lam = _exact_lambda_max(3)
+    expected = 0.9 * min(theory.alpha_c(0.05, 1.0, lam), theory.alpha_crit(0.05, 1.0, lam))
+    assert study.trials[0].user_attrs[ALPHA_ATTR] == pytest.approx(expected, rel=2e-3)
+    assert expected != pytest.approx(0.9 * theory.alpha_opt(0.05, lam), rel=0.05)
+
+
 @pytest.mark.slow
 def test_study_end_to_end_on_sqlite(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
@@ -319,9 +348,10 @@ def test_study_end_to_end_on_sqlite(tmp_path):
     attrs = study.user_attrs["naggs.seed"]
     assert attrs["lambda_max"] == pytest.approx(lam, rel=1e-3)
     assert attrs["alpha"] == first.user_attrs[ALPHA_ATTR] and "alpha_crit" in attrs["regime"]
-    # Every trial's alpha lies within a factor 10 of the seed for its own gamma (mu is pinned at 0.05).
+    # Every trial's alpha lies within a factor 10 of the seed, which gamma does not move: gamma evolves to
+    # mu = 0.05 (pinned), so the seed is alpha*(mu, L) whatever gamma a trial starts from.
+    seed = 0.9 * min(theory.alpha_opt(0.05, lam), theory.alpha_crit(0.05, 0.05, lam))
     for t in trials:
-        seed = 0.9 * min(theory.alpha_c(0.05, t.params["gamma"], lam), theory.alpha_crit(0.05, t.params["gamma"], lam))
         assert seed / 10 * (1 - 1e-9) <= t.user_attrs[ALPHA_ATTR] <= seed * 10 * (1 + 1e-9)
 
     best = study.best_trial

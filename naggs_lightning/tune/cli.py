@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed-window",
         type=float,
         default=10.0,
-        help="search alpha in [1/W, W] x the theory's step for each trial's mu and gamma, cut to alpha's range "
-        "(default: 10)",
+        help="search alpha in [1/W, W] x the theory's step for each trial's mu (gamma relaxes to mu), cut to "
+        "alpha's range (default: 10)",
     )
     add(
         "--seed-trials",

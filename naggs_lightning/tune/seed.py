@@ -23,6 +23,15 @@ with a safety factor :math:`s \le 1` (default 0.9). For gamma = mu, :math:`\alph
   during training up to :math:`2\mu`, and it joins :math:`\alpha^*(\mu, L)` continuously at
   :math:`L = 2\mu`.
 
+With the default evolving gamma, the seed and the searched alpha range are computed at gamma = mu
+whatever gamma the trial starts from: gamma relaxes to mu geometrically
+(:math:`\gamma_{k+1} - \mu = (\gamma_k - \mu)/(1 + \alpha)`), so after a few steps every trial
+iterates the gamma = mu matrix, whose optimal step is :math:`\alpha^*(\mu, L)`. The paper's
+:math:`\alpha_c(\mu, \gamma, L)` for gamma != mu is the optimum of the *fixed*-gamma iteration and
+seeds only ``fixed_gamma=True``. (Seeding an evolving-gamma trial at :math:`\alpha_c(\mu, \gamma_0, L)`
+made the best ratio alpha/seed depend on gamma_0: a trial starting at gamma_0 = mu / 100 needed a ratio
+near 9 to reach :math:`\alpha^*(\mu, L)`, a correlation the sampler had to learn.)
+
 Curvature usually grows during training, so the seed is a starting point for the search, not a
 guarantee; the study searches around it.
 """
@@ -125,8 +134,8 @@ def theory_seed(lambda_max: float, mu: float, gamma: float, *, safety: float = 0
     return TheorySeed(float(lambda_max), float(mu), float(gamma), float(safety), alpha_theory, alpha_crit, alpha)
 
 
-def naggs_hyperparameters(module: LightningModule) -> tuple[float, float] | None:
-    """``(mu, gamma)`` of the NAGGS optimizer ``module.configure_optimizers()`` returns, or ``None``.
+def naggs_hyperparameters(module: LightningModule) -> tuple[float, float, bool] | None:
+    """``(mu, gamma, fixed_gamma)`` of the NAGGS optimizer ``module.configure_optimizers()`` returns, or ``None``.
 
     Reading the optimizer itself (rather than the config) covers both the LightningCLI path, where the
     CLI injects ``configure_optimizers``, and modules that build their own optimizer.
@@ -143,7 +152,7 @@ def naggs_hyperparameters(module: LightningModule) -> tuple[float, float] | None
         item = stack.pop()
         if isinstance(item, NAGGS):
             group = item.param_groups[0]
-            return float(group["mu"]), float(group["gamma"])
+            return float(group["mu"]), float(group["gamma"]), bool(group["fixed_gamma"])
         if isinstance(item, dict) and "optimizer" in item:
             stack.append(item["optimizer"])
         elif isinstance(item, (list, tuple)):
@@ -203,6 +212,9 @@ class RelativeAlpha:
     on the seed of every (mu, gamma) the study tries, never leaves the user's ``[low, high]``, and
     the search learns one ratio instead of chasing a step that moves with mu (alpha* ~ 2 sqrt(mu / L)
     for mu << L). With mu and gamma pinned this is the fixed range ``seed x [1/window, window]``.
+
+    Unless ``fixed_gamma``, the seed is taken at gamma = mu whatever the trial's starting gamma (gamma
+    relaxes to mu; see the module docstring), so the ratio means the same for every gamma.
     """
 
     lambda_max: float
@@ -210,6 +222,7 @@ class RelativeAlpha:
     window: float
     low: float
     high: float
+    fixed_gamma: bool = False
 
     def distribution(self) -> FloatDistribution:
         """The distribution of the ratio."""
@@ -217,5 +230,6 @@ class RelativeAlpha:
 
     def alpha(self, ratio: float, mu: float, gamma: float) -> float:
         """The step a trial trains with for ``ratio`` at its ``mu`` and ``gamma``."""
-        seed = theory_seed(self.lambda_max, float(mu), float(gamma), safety=self.safety).alpha
+        mu = float(mu)
+        seed = theory_seed(self.lambda_max, mu, float(gamma) if self.fixed_gamma else mu, safety=self.safety).alpha
         return min(max(ratio * seed, self.low), self.high)

@@ -170,7 +170,7 @@ def _seed_study(
     hyper = naggs_hyperparameters(probe.model)
     if hyper is None:
         return None, declared, [], "unseeded: the optimizer is not NAGGS (the seed is NAG-GS theory)"
-    mu, gamma = hyper
+    mu, gamma, fixed_gamma = hyper
     gamma_dist = declared.distributions.get(declared.gamma)
     if isinstance(gamma_dist, FloatDistribution):
         # gamma = mu is the best (alpha, gamma) pair of the quadratic analysis; gamma relaxes to mu anyway.
@@ -178,8 +178,9 @@ def _seed_study(
     lam = estimate_curvature(
         probe.model, probe.datamodule, n_batches=curvature_batches, device=probe.trainer.strategy.root_device
     )
-    seed = theory_seed(lam, mu, gamma, safety=safety)
-    relative = RelativeAlpha(lam, safety, window, alpha_dist.low, alpha_dist.high)
+    # An evolving gamma iterates the gamma = mu matrix after a few steps: seed that (see seed.py).
+    seed = theory_seed(lam, mu, gamma if fixed_gamma else mu, safety=safety)
+    relative = RelativeAlpha(lam, safety, window, alpha_dist.low, alpha_dist.high, fixed_gamma)
     base = {name: reference[name] for name in declared.distributions if name != declared.alpha}
     if isinstance(gamma_dist, FloatDistribution):
         base[declared.gamma] = gamma
@@ -362,7 +363,7 @@ def run(
             top Hessian eigenvalue at initialisation over ``curvature_batches`` training batches,
             enqueue ``seed_trials`` trials at ``safety`` times the theory's step for the configured
             mu (then half, a quarter, ...), and search alpha as a multiple in
-            ``[1 / seed_window, seed_window]`` of the theory's step for each trial's mu and gamma,
+            ``[1 / seed_window, seed_window]`` of the theory's step for each trial's mu (and gamma, if fixed),
             cut to the user's alpha range (:class:`~naggs_lightning.tune.seed.RelativeAlpha`).
         output_dir: where ``best.yaml`` (config mode), ``best_params.yaml`` and the PNG plots go;
             ``None`` writes nothing.
