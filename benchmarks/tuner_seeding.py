@@ -247,10 +247,15 @@ def main() -> None:
     widths = (19, 17, 14, 16, 19, 14)
     print(f"{header[0]:<15} " + " ".join(f"{h:>{w}}" for h, w in zip(header[1:], widths)))
     for name, med in summary:
-        n_un, n_se = med["n_unseeded"], med["n_seeded"]
-        ratios = f"{med['budget_ratio']:>14.3f} {med['ratio']:>16.3f}"
-        met = "yes" if med["budget_ratio"] <= 1 / 3 else "no"
-        print(f"{name:<15} {n_un:>19g} {n_se:>17g} {ratios} {med['better']:>19} {met:>14}")
+        cells = (
+            f"{med['n_unseeded']:g}",
+            f"{med['n_seeded']:g}",
+            f"{med['budget_ratio']:.3f}",
+            f"{med['ratio']:.3f}",
+            med["better"],
+            "yes" if med["budget_ratio"] <= 1 / 3 else "no",
+        )
+        print(f"{name:<15} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
 
 
 if __name__ == "__main__":

@@ -228,8 +228,11 @@ class RelativeAlpha:
         """The distribution of the ratio."""
         return FloatDistribution(1.0 / self.window, self.window, log=True)
 
+    def seed(self, mu: float, gamma: float) -> TheorySeed:
+        """The theory seed of a trial at ``mu`` and starting ``gamma`` (taken at gamma = mu unless fixed_gamma)."""
+        mu = float(mu)
+        return theory_seed(self.lambda_max, mu, float(gamma) if self.fixed_gamma else mu, safety=self.safety)
+
     def alpha(self, ratio: float, mu: float, gamma: float) -> float:
         """The step a trial trains with for ``ratio`` at its ``mu`` and ``gamma``."""
-        mu = float(mu)
-        seed = theory_seed(self.lambda_max, mu, float(gamma) if self.fixed_gamma else mu, safety=self.safety).alpha
-        return min(max(ratio * seed, self.low), self.high)
+        return min(max(ratio * self.seed(mu, gamma).alpha, self.low), self.high)

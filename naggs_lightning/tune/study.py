@@ -57,7 +57,7 @@ from naggs_lightning.tune.objective import (
     TrialParts,
 )
 from naggs_lightning.tune.report import SEED_ATTR, Reporter, results_table, write_best, write_plots
-from naggs_lightning.tune.seed import RelativeAlpha, TheorySeed, estimate_curvature, naggs_hyperparameters, theory_seed
+from naggs_lightning.tune.seed import RelativeAlpha, TheorySeed, estimate_curvature, naggs_hyperparameters
 from naggs_lightning.tune.space import ALPHA_RATIO, SearchSpace
 from naggs_lightning.tune.storage import DEFAULT_STORAGE, open_storage, redact
 
@@ -178,9 +178,8 @@ def _seed_study(
     lam = estimate_curvature(
         probe.model, probe.datamodule, n_batches=curvature_batches, device=probe.trainer.strategy.root_device
     )
-    # An evolving gamma iterates the gamma = mu matrix after a few steps: seed that (see seed.py).
-    seed = theory_seed(lam, mu, gamma if fixed_gamma else mu, safety=safety)
     relative = RelativeAlpha(lam, safety, window, alpha_dist.low, alpha_dist.high, fixed_gamma)
+    seed = relative.seed(mu, gamma)
     base = {name: reference[name] for name in declared.distributions if name != declared.alpha}
     if isinstance(gamma_dist, FloatDistribution):
         base[declared.gamma] = gamma
