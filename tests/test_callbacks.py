@@ -36,15 +36,6 @@ def _quiet_lightning(caplog):
     caplog.set_level("ERROR", logger="lightning.pytorch")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one intra-op thread is faster, and immune to a busy machine's oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def digits_loader(corrupt_batch: int | None = None) -> DataLoader:
     x, y = load_digits(return_X_y=True)
     x = torch.tensor(x[: BATCH * STEPS_PER_EPOCH] / 16.0, dtype=torch.float32)

@@ -18,14 +18,9 @@ QUIET = (
 
 
 @pytest.fixture(autouse=True)
-def plain_argv_one_thread(monkeypatch):
+def plain_argv(monkeypatch):
     # LightningCLI warns when it is given args while sys.argv holds pytest's own arguments.
     monkeypatch.setattr("sys.argv", ["naggs-train"])
-    # Tiny models: intra-op threads cost more than they save, and far more on a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _fit(tmp_path, args: str, steps=2):

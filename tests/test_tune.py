@@ -30,15 +30,6 @@ from naggs_lightning.tune.space import ALPHA_ATTR, ALPHA_RATIO
 from naggs_lightning.tune.storage import open_storage
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: intra-op threads only fight over the 2 shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------------------------------
 # A small real task: 3-class softmax regression on fixed synthetic data, unshuffled batches.
 

@@ -31,15 +31,6 @@ NAGGS_TUNE = [sys.executable, "-m", "naggs_lightning.tune.cli"]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: intra-op threads only fight over the 2 shared cores (subprocesses get OMP_NUM_THREADS=1).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _recipe(path: Path, max_epochs: int = 2) -> Path:
     config = {
         "seed_everything": 0,
