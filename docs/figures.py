@@ -1,4 +1,4 @@
-"""Draw the figures of the theory page from naggs_lightning.theory (run by the docs build)."""
+"""Draw the documentation's figures (run by the docs build, into the build folder's _static/)."""
 
 from __future__ import annotations
 
@@ -44,4 +44,4 @@ def main(out_dir: str | Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "_static")
+    main(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "_build" / "figures")

@@ -45,7 +45,7 @@ _DOC_MATH = r"""
     .. math::
 
         \gamma &\leftarrow \frac{\gamma + \alpha\mu}{1 + \alpha}
-            \qquad\text{(skipped when ``fixed_gamma``)} \\
+            \qquad\text{(not when fixed_gamma is set)} \\
         v &\leftarrow \frac{\gamma v + \alpha\mu x - \alpha g}{\gamma + \alpha\mu}
             = v + c\,\bigl(\mu (x - v) - g\bigr), \quad c = \frac{\alpha}{\gamma + \alpha\mu} \\
         x &\leftarrow \frac{x + \alpha v}{1 + \alpha}
