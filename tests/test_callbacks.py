@@ -202,7 +202,7 @@ def test_sgd_reports_the_classic_edge(nesterov):
 def test_adamw_reports_lambda_max_only():
     monitor = SpectralStabilityMonitor()
     fit(Digits("mlp", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3)), [monitor], digits_loader(), max_steps=1)
-    assert set(monitor.last_metrics) == {"stability/lambda_max", "stability/hvps", "stability/lr"}
+    assert set(monitor.last_metrics) == {"stability/lambda_max", "stability/batch_sharpness", "stability/hvps", "stability/lr"}
 
 
 def test_stop_ends_training_at_the_first_probe():
@@ -249,7 +249,9 @@ def test_twice_alpha_crit_is_flagged_before_divergence_and_cap_lr_converges(task
     monitor, losses, record = runs["warn"]
     diverged_at = next(i + 1 for i, loss in enumerate(losses) if not math.isfinite(loss))
     flagged_at = next(h["step"] for h in monitor.history if h["unstable"])
-    assert flagged_at == 1 < diverged_at
+    # Step 1 is already far past the edge; the first probe that also sees the loss rise flags it.
+    assert monitor.history[0]["zone"] == "past"
+    assert flagged_at <= 10 < diverged_at
     assert len(stability_warnings(record, "past the stability edge")) == 1  # one episode, one warning
     assert len(stability_warnings(record, "the training loss is")) == 1
     assert sum(h["unstable"] for h in monitor.history) > 1
@@ -257,8 +259,11 @@ def test_twice_alpha_crit_is_flagged_before_divergence_and_cap_lr_converges(task
     monitor, losses, record = runs["cap_lr"]
     assert all(math.isfinite(loss) for loss in losses)
     assert sum(losses[-5:]) / 5 < 0.2 * losses[0]
-    assert 0 < monitor.lr_caps["0/0"] <= 0.9 * theory.alpha_crit(mu, mu, monitor.history[0]["lambda_max"])
-    assert "lr capped at" in stability_warnings(record, "past the stability edge")[0]  # the cap is stated
+    (warning,) = stability_warnings(record, "past the stability edge")
+    assert "lr capped at" in warning  # the cap is stated
+    capped = next(h for h in monitor.history if h["unstable"])
+    assert capped["step"] <= 10
+    assert all(h["edge_ratio"] < 1.0 for h in monitor.history[-3:])  # the run trains below or at its edge
 
 
 @pytest.mark.parametrize("action, stops", [("warn", False), ("stop", True), ("cap_lr", True)])
@@ -302,7 +307,7 @@ def test_loss_spike_brings_the_probe_forward_and_the_cap_holds_under_a_scheduler
     probes = [h["step"] for h in monitor.history]
     assert probes[0] == 1 and 31 < probes[1] < 45  # scheduled at step 1 only; the spike triggered the second
     assert monitor.history[1]["unstable"]
-    assert len(stability_warnings(record, "loss spike")) >= 1
+    assert len(stability_warnings(record, "diverging")) == 1
     assert all(math.isfinite(loss) for loss in losses)
     cap, capped_at = monitor.lr_caps["0/0"], probes[1]
     assert cap < 4 * safe
@@ -331,7 +336,9 @@ def test_update_cosine_matches_the_parameter_trace(scale, oscillates):
         du, dv = x[k] - x[k - 1], x[k - 1] - x[k - 2]
         assert h["update_cosine"] == pytest.approx(float(du @ dv / (du.norm() * dv.norm())), abs=1e-5)
     assert (monitor.history[-1]["update_cosine"] < -0.9) is oscillates
-    assert bool(stability_warnings(record, "oscillate")) is oscillates
+    # 2.2 / lambda_max is 1.1x the edge: oscillation at the edge is a divergence sign only past 2x the edge.
+    assert not stability_warnings(record)
+    assert {h["zone"] for h in monitor.history[1:]} == ({"edge"} if oscillates else {"below"})
 
 
 def test_resume_continues_history_and_warm_start(tmp_path):

@@ -30,14 +30,17 @@ from naggs_lightning.curvature.eigen import (
 from naggs_lightning.curvature.estimates import bottom_eigenvalue, hutchinson_trace, top_eigenvalue
 from naggs_lightning.curvature.operator import HessianOperator, LinearOperator, Method, NonFiniteCurvatureError, hvp
 from naggs_lightning.curvature.probe import (
+    BatchProbe,
     estimate_batch_sharpness,
     estimate_bottom_eigenvalue,
     estimate_top_eigenvalue,
     module_hessian,
+    probe_batch,
 )
 
 __all__ = [
     "Algorithm",
+    "BatchProbe",
     "EigenResult",
     "HessianOperator",
     "LinearOperator",
@@ -53,6 +56,7 @@ __all__ = [
     "hutchinson_trace",
     "hvp",
     "module_hessian",
+    "probe_batch",
     "rayleigh_quotient",
     "top_eigenvalue",
 ]

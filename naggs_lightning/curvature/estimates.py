@@ -59,7 +59,16 @@ def top_eigenvalue(
         NonFiniteCurvatureError: the loss or a parameter is not finite (a diverged model has no curvature).
     """
     return _eigenpair(
-        loss, params, "largest", method=method, fd_eps=fd_eps, max_iter=max_iter, tol=tol, init=init, algorithm=algorithm, seed=seed
+        loss,
+        params,
+        "largest",
+        method=method,
+        fd_eps=fd_eps,
+        max_iter=max_iter,
+        tol=tol,
+        init=init,
+        algorithm=algorithm,
+        seed=seed,
     )
 
 
@@ -83,9 +92,17 @@ def bottom_eigenvalue(
     dominant eigenvalue of :math:`H - \lambda_{max} I`. Arguments as in :func:`top_eigenvalue`.
     """
     return _eigenpair(
-        loss, params, "smallest", method=method, fd_eps=fd_eps, max_iter=max_iter, tol=tol, init=init, algorithm=algorithm, seed=seed
+        loss,
+        params,
+        "smallest",
+        method=method,
+        fd_eps=fd_eps,
+        max_iter=max_iter,
+        tol=tol,
+        init=init,
+        algorithm=algorithm,
+        seed=seed,
     )
-
 
 
 def hutchinson_trace(

@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from naggs_lightning.curvature.eigen import Algorithm, extreme_eigenpair, rayleigh_quotient
+from naggs_lightning.curvature.eigen import Algorithm, EigenResult, extreme_eigenpair, rayleigh_quotient
 from naggs_lightning.curvature.operator import HessianOperator, Method
 
-__all__ = ["estimate_batch_sharpness", "estimate_bottom_eigenvalue", "estimate_top_eigenvalue", "module_hessian"]
+__all__ = [
+    "BatchProbe",
+    "estimate_batch_sharpness",
+    "estimate_bottom_eigenvalue",
+    "estimate_top_eigenvalue",
+    "module_hessian",
+    "probe_batch",
+]
 
 
 def _module_loss(module: nn.Module, batch: Any) -> Tensor:
@@ -190,3 +197,35 @@ def estimate_batch_sharpness(
     """
     with module_hessian(module, [batch], params=params, method=method, sync=sync) as op:
         return rayleigh_quotient(op, op.gradient())
+
+
+class BatchProbe(NamedTuple):
+    """What one probe of a training batch measures (see :func:`probe_batch`)."""
+
+    eigen: EigenResult
+    """The top eigenpair of the batch loss's Hessian."""
+    batch_sharpness: float
+    """The curvature along the batch's own gradient."""
+    loss: float
+    """The batch loss at the current parameters (this rank's)."""
+
+
+def probe_batch(
+    module: nn.Module,
+    batch: Any,
+    *,
+    params: Iterable[Tensor] | None = None,
+    method: Method = "exact",
+    sync: bool | None = None,
+    init: Tensor | None = None,
+    **solver: Any,
+) -> BatchProbe:
+    """Top eigenpair, batch sharpness and loss of one batch from one Hessian graph (what the monitor reads).
+
+    ``init`` warm-starts the eigen-solver (ignored if its size does not match); ``solver`` goes to
+    :func:`~naggs_lightning.curvature.extreme_eigenpair`. Side-effect free like :func:`module_hessian`.
+    """
+    with module_hessian(module, [batch], params=params, method=method, sync=sync) as op:
+        init = init if init is not None and init.numel() == op.numel else None
+        eigen = extreme_eigenpair(op, which="largest", init=init, **solver)
+        return BatchProbe(eigen, rayleigh_quotient(op, op.gradient()), op.loss)
