@@ -261,7 +261,8 @@ class SpectralStabilityMonitor(Callback):
         if self.edge.zone(ratio) == "past" and not diverging:
             self._probe_at = step + self._recheck // 2
         record = dict(step=step, lambda_max=lam, batch_sharpness=probe.batch_sharpness, edge_ratio=ratio, loss=loss)
-        record.update(zone=self.edge.zone(ratio), hvps=probe.eigen.n_matvecs, unstable=self.edge.diverging)
+        record.update(zone=self.edge.zone(ratio), hvps=probe.eigen.n_matvecs, converged=probe.eigen.converged)
+        record["unstable"] = self.edge.diverging
         self.history.append(record if cosine is None else {**record, "update_cosine": cosine})
         self.last_metrics = report.log_probe(trainer, probe, cosine, rows)
 
