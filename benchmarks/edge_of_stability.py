@@ -4,7 +4,10 @@ Full-batch training on the shipped digits data (``DigitsDataModule``'s training 
 tanh MLP 64-100-100-10 with squared error on one-hot targets (the setting of Cohen et al. 2021, where a fixed
 step sharpens the network to its edge). Part 1 probes lambda_max every ``--probe-every`` steps and prints the
 plateau ratio lambda_max / edge (median over the second half of the run) for NAG-GS (mu = gamma = 1) at
-several alpha against lambda_stab(alpha), and for SGD-momentum against (2 + 2 beta) / eta. Part 2 trains the
+several alpha against lambda_stab(alpha), and for SGD-momentum against (2 + 2 beta) / eta. Part 2 repeats
+NAG-GS at alpha 1.2 with minibatches and compares what settles at the edge: lambda_max of the batch's Hessian
+(what the monitor reads), the batch sharpness g^T H g / g^T g of the batch along its own gradient (Andreyev &
+Beneventano), and lambda_max of the full-batch Hessian. Part 3 trains the
 NAG-GS run at alpha 1.2 under the monitor (``warn``, then ``cap_lr``) in a real Lightning Trainer and prints
 the divergence warnings, the largest edge ratio and the smallest lr / asked-for lr over the run.
 
@@ -28,11 +31,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from naggs_lightning import NAGGS, theory
 from naggs_lightning.callbacks import SpectralStabilityMonitor, StabilityWarning
-from naggs_lightning.curvature import estimate_top_eigenvalue
+from naggs_lightning.curvature import estimate_batch_sharpness, estimate_top_eigenvalue
 from naggs_lightning.tasks import DigitsDataModule
 
 NAGGS_ALPHAS = (0.6, 1.2, 2.4)
 SGD_SETTINGS = ((0.5, 0.5), (0.3, 0.9))  # (eta, beta)
+BATCH_SIZES = (64, 256)
 
 
 def full_batch() -> tuple[Tensor, Tensor]:
@@ -45,24 +49,24 @@ def full_batch() -> tuple[Tensor, Tensor]:
 class TanhMLP(pl.LightningModule):
     """64-100-100-10 tanh MLP, half the squared error summed over classes, mean over samples."""
 
-    def __init__(self, make_optimizer) -> None:  # noqa: ANN001
+    def __init__(self, make_optimizer) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Linear(64, 100), nn.Tanh(), nn.Linear(100, 100), nn.Tanh(), nn.Linear(100, 10))
         self.make_optimizer = make_optimizer
 
-    def compute_loss(self, batch) -> Tensor:  # noqa: ANN001
+    def compute_loss(self, batch) -> Tensor:
         x, t = batch
         return 0.5 * (self.net(x) - t).pow(2).sum(1).mean()
 
-    def training_step(self, batch, batch_idx) -> Tensor:  # noqa: ANN001
+    def training_step(self, batch, batch_idx) -> Tensor:
         return self.compute_loss(batch)
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return self.make_optimizer(self.parameters())
 
 
-def curve(make_optimizer, edge: float, batch, steps: int, every: int) -> dict:  # noqa: ANN001
+def curve(make_optimizer, edge: float, batch, steps: int, every: int) -> dict:
     """lambda_max / edge and the loss every ``every`` steps of full-batch training (plain loop)."""
     model = TanhMLP(make_optimizer)
     opt = model.configure_optimizers()
@@ -86,15 +90,50 @@ def curve(make_optimizer, edge: float, batch, steps: int, every: int) -> dict:  
     }
 
 
+def minibatch_curve(alpha: float, batch_size: int, batch, steps: int, every: int) -> dict:
+    """Batch lambda_max, batch sharpness and full-batch lambda_max over lambda_stab(alpha), every ``every`` steps."""
+    model = TanhMLP(lambda p: NAGGS(p, lr=alpha, mu=1.0, gamma=1.0))
+    opt, edge = model.configure_optimizers(), theory.lambda_stab(alpha, 1.0, 1.0)
+    gen, rows, k = torch.Generator().manual_seed(0), [], 0
+    x, t = batch
+    while k <= steps:
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x) - batch_size + 1, batch_size):
+            mb = (x[perm[i : i + batch_size]], t[perm[i : i + batch_size]])
+            if k % every == 0:
+                rows.append(
+                    (
+                        k,
+                        estimate_top_eigenvalue(model, [mb], tol=1e-3) / edge,
+                        estimate_batch_sharpness(model, mb) / edge,
+                        estimate_top_eigenvalue(model, [batch], tol=1e-3) / edge,
+                    )
+                )
+            opt.zero_grad()
+            model.compute_loss(mb).backward()
+            opt.step()
+            k += 1
+            if k > steps:
+                break
+    late = [r for r in rows if r[0] >= steps // 2]
+    names = ("batch_lambda_max", "batch_sharpness", "full_lambda_max")
+    out = {"edge": edge, "steps": [r[0] for r in rows]}
+    for j, name in enumerate(names, start=1):
+        out[name] = [r[j] for r in rows]
+        out[f"{name}_plateau"] = statistics.median(r[j] for r in late)
+        out[f"{name}_range"] = [min(r[j] for r in late), max(r[j] for r in late)]
+    return out
+
+
 class LrTrace(pl.Callback):
     def __init__(self) -> None:
         self.lrs: list[float] = []
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: ANN001
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.lrs.append(float(optimizer.param_groups[0]["lr"]))
 
 
-def monitored(action: str, alpha: float, batch, steps: int, every: int) -> dict:  # noqa: ANN001
+def monitored(action: str, alpha: float, batch, steps: int, every: int) -> dict:
     model = TanhMLP(lambda p: NAGGS(p, lr=alpha, mu=1.0, gamma=1.0))
     monitor, trace = SpectralStabilityMonitor(every_n_steps=every, on_unstable=action), LrTrace()
     loader = DataLoader(TensorDataset(*batch), batch_size=len(batch[0]))
@@ -152,6 +191,16 @@ def main() -> None:
             f"{name:<28} {edge:>7.3f} {c['ratio'][0]:>9.3f} {c['plateau']:>8.3f} "
             f"{c['late_range'][0]:>6.3f}-{c['late_range'][1]:<6.3f} {c['loss'][0]:>8.4f} -> {c['loss'][-1]:<7.4f}"
         )
+    print(f"\nminibatch NAGGS alpha=1.2, {args.steps} steps: plateau (median of the second half, range) / lambda_stab")
+    print(f"{'batch':>6} {'batch lambda_max':>22} {'batch sharpness':>22} {'full-batch lambda_max':>22}")
+    minibatch = {}
+    for size in BATCH_SIZES:
+        m = minibatch[size] = minibatch_curve(1.2, size, batch, args.steps, args.probe_every)
+        cells = [
+            f"{m[f'{n}_plateau']:.3f} ({m[f'{n}_range'][0]:.2f}-{m[f'{n}_range'][1]:.2f})"
+            for n in ("batch_lambda_max", "batch_sharpness", "full_lambda_max")
+        ]
+        print(f"{size:>6} " + " ".join(f"{c:>22}" for c in cells))
     print(
         f"\nSpectralStabilityMonitor(every_n_steps={args.probe_every}) on NAGGS alpha=1.2, {args.monitored_steps} steps"
     )
@@ -165,7 +214,7 @@ def main() -> None:
         )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"curves": curves, "monitored": summary}, indent=1))
+        args.out.write_text(json.dumps({"curves": curves, "minibatch": minibatch, "monitored": summary}, indent=1))
         print(f"\nwrote {args.out}")
 
 

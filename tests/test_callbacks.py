@@ -451,3 +451,33 @@ def test_manual_optimization_needs_compute_loss():
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(MisconfigurationException, match=match):
         SpectralStabilityMonitor(**kwargs)
+
+
+class FallingCurvature(Digits):
+    """Least squares whose loss (hence Hessian) is scaled by 0.1 from step 20 on: the curvature falls 10x."""
+
+    def compute_loss(self, batch):
+        return (1.0 if self.global_step < 20 else 0.1) * super().compute_loss(batch)
+
+
+def test_cap_lr_lifts_the_cap_once_the_asked_for_step_is_below_its_edge():
+    lam = top_curvature("linear")
+    mu = 0.05 * lam
+    asked = 2 * theory.alpha_crit(mu, mu, lam)  # 2.4x past the edge of the initial curvature
+    model = FallingCurvature("linear", lambda m: NAGGS(m.parameters(), lr=asked, mu=mu, gamma=mu))
+    monitor, recorder = SpectralStabilityMonitor(every_n_steps=10, on_unstable="cap_lr"), Recorder()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fit(model, [recorder, monitor], digits_loader(), max_steps=60)
+    first, *later = monitor.history
+    assert first["step"] == 1 and first["unstable"]  # the loss rose at once: capped after step 1
+    cap = 0.9 * theory.alpha_crit(mu, mu, first["lambda_max"])
+    assert len(stability_warnings(record, "lr capped at")) == 1
+    lifted_at = next(h["step"] for h in later if h["lambda_max"] < theory.lambda_stab(asked, mu, mu))
+    assert lifted_at == 20  # the first probe after the curvature fell
+    # Step k (1-based) is taken with lrs[k - 1]: capped from step 2 to step 20, the asked-for lr from step 21.
+    assert recorder.lrs[0] == asked
+    assert recorder.lrs[1:lifted_at] == pytest.approx([cap] * (lifted_at - 1), rel=1e-3)
+    assert recorder.lrs[lifted_at:] == pytest.approx([asked] * (60 - lifted_at))
+    assert monitor.lr_caps == {}
+    assert all(math.isfinite(loss) for loss in recorder.losses)
