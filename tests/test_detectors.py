@@ -134,7 +134,7 @@ def test_lr_cap_caps_on_divergence_and_lifts_when_the_asked_for_step_is_safe():
 
 
 def test_lr_cap_keeps_a_tensor_lr_a_tensor_and_round_trips():
-    opt, group = naggs_group(1.0)
+    _, group = naggs_group(1.0)
     group["lr"] = torch.tensor(1.0)
     cap = LrCap(safety_factor=0.5)
     cap.lower("0/0", 1.0)

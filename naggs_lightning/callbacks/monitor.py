@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from naggs_lightning.callbacks import report
 from naggs_lightning.callbacks.edge import EdgeOfStabilityDetector
-from naggs_lightning.callbacks.groups import GroupStability, group_stability, param_groups, trained_params
+from naggs_lightning.callbacks.groups import group_stability, param_groups, trained_params
 from naggs_lightning.callbacks.lr_cap import LrCap
 from naggs_lightning.callbacks.non_finite import NonFiniteLossDetector
 from naggs_lightning.callbacks.oscillation import OscillationDetector
@@ -42,13 +42,11 @@ class SpectralStabilityMonitor(Callback):
       step, or the update cosine is below ``oscillation_threshold``), or a non-finite loss (checked every batch).
       Past the edge without a sign, the next probes come after 1, 2, 4, ... steps.
 
-    On divergence (once per episode) ``on_unstable`` decides: ``"warn"`` (a :class:`StabilityWarning` with a
-    table), ``"cap_lr"`` (warn and cap the diverging groups' lr, see :mod:`naggs_lightning.callbacks.lr_cap`:
-    caps only on divergence, lifted once the curvature is below the edge of the asked-for lr) or ``"stop"``
-    (warn and set ``trainer.should_stop``). A loss spike (:class:`~naggs_lightning.callbacks.spike.SpikeDetector`)
-    brings the probe forward. Under DDP products and losses are averaged across ranks, so every rank decides
-    alike. Logged keys (``stability/...``, per group with ``/pgN`` or ``/<name>``) are listed in
-    ``docs/monitor.md``; :attr:`history` keeps one record per probe; ``state_dict`` saves everything for resume.
+    On divergence ``on_unstable`` decides: ``"warn"`` (a :class:`StabilityWarning` with a table, once per
+    episode), ``"cap_lr"`` (warn and cap the lr: :mod:`naggs_lightning.callbacks.lr_cap`) or ``"stop"`` (warn and
+    set ``trainer.should_stop``). A loss spike brings the probe forward. Under DDP products and losses are
+    averaged across ranks, so every rank decides alike. The logged keys (``stability/...``) are listed in
+    ``docs/monitor.md``; :attr:`history` keeps one record per probe; ``state_dict`` saves all for resume.
 
     Args:
         every_n_steps: optimizer steps between scheduled probes (default 500: about 2-3 % of a digits run).
@@ -104,8 +102,8 @@ class SpectralStabilityMonitor(Callback):
         self._vector: Tensor | None = None
         self._last_probe_step: int | None = None
         self._last_step: int | None = None
-        self._probe_at: int | None = None
-        self._recheck = 1  # an unscheduled probe (spike, or past the edge without a sign)
+        self._probe_at: int | None = None  # an unscheduled probe (spike, or past the edge without a sign)
+        self._recheck = 1
 
     @property
     @override
@@ -141,10 +139,11 @@ class SpectralStabilityMonitor(Callback):
         self._impose_caps(trainer)
 
     def _impose_caps(self, trainer: pl.Trainer) -> None:
-        # Schedulers step after the optimizer and may move the lr; re-impose the caps before each step and probe.
-        for key, _, _, group in param_groups(trainer.optimizers) if self.lr_cap.caps else ():
-            if key in self.lr_cap.caps:
-                self.lr_cap.apply(key, group)
+        """Schedulers step after the optimizer and may move the lr: re-impose the caps before each step and probe."""
+        if self.lr_cap.caps:
+            for key, _, _, group in param_groups(trainer.optimizers):
+                if key in self.lr_cap.caps:
+                    self.lr_cap.apply(key, group)
 
     @override
     def on_train_batch_end(
@@ -154,32 +153,29 @@ class SpectralStabilityMonitor(Callback):
         if loss is not None and trainer.world_size > 1:
             loss = trainer.strategy.reduce(loss.detach().float(), reduce_op="mean")
         value = float(loss) if loss is not None else None
-        if value is not None:
-            act, reason = self.non_finite.check(value)
-            if act:
-                self._on_non_finite(trainer, f"step {trainer.global_step}: {reason}")
-            if not math.isfinite(value):
-                return
-            if self.spike is not None:
-                act, reason = self.spike.check(value)
-                if act:
-                    report.info(f"step {trainer.global_step}: {reason}; probing the curvature now.")
-                    self._probe_at = trainer.global_step
+        if value is not None and not self._check_loss(trainer, value):
+            return
         step = trainer.global_step
         if step == self._last_step:  # gradient accumulation: no optimizer step on this batch
             return
         self._last_step = step
-        cosine = (
-            self.oscillation.observe(step, trained_params(trainer.optimizers), self.every_n_steps)
-            if self.oscillation
-            else None
-        )
-        if (
-            step % self.every_n_steps == 0
-            or self._last_probe_step is None
-            or (self._probe_at is not None and step >= self._probe_at)
-        ):
+        params = trained_params(trainer.optimizers)
+        cosine = self.oscillation.observe(step, params, self.every_n_steps) if self.oscillation else None
+        due = step % self.every_n_steps == 0 or self._last_probe_step is None
+        if due or (self._probe_at is not None and step >= self._probe_at):
             self._probe(trainer, pl_module, batch, step, cosine, value)
+
+    def _check_loss(self, trainer: pl.Trainer, value: float) -> bool:
+        """The per-batch checks (non-finite, spike); False when the loss is not finite."""
+        act, reason = self.non_finite.check(value)
+        if act:
+            self._on_non_finite(trainer, f"step {trainer.global_step}: {reason}")
+        if self.spike is not None and math.isfinite(value):
+            act, reason = self.spike.check(value)
+            if act:
+                report.info(f"step {trainer.global_step}: {reason}; probing the curvature now.")
+                self._probe_at = trainer.global_step
+        return math.isfinite(value)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -208,12 +204,8 @@ class SpectralStabilityMonitor(Callback):
     def _on_non_finite(self, trainer: pl.Trainer, reason: str) -> None:
         params = trained_params(trainer.optimizers)
         finite = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
-        stop = self.on_unstable == "stop" or (self.on_unstable == "cap_lr" and not finite)
-        state = "the parameters are still finite" if finite else "the parameters are no longer finite"
-        action = "stopping training" if stop else "training continues (on_unstable='warn')"
-        if self.on_unstable == "cap_lr" and finite:
-            action = "training continues (the step was not taken or the batch is bad); lr caps stay in force"
-        report.warn(f"{reason}; {state}: {action}.")
+        stop, words = self.non_finite.action(self.on_unstable, finite)
+        report.warn(f"{reason}; {words}.")
         trainer.should_stop = trainer.should_stop or stop
 
     def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int, cosine, loss_before):
@@ -231,19 +223,32 @@ class SpectralStabilityMonitor(Callback):
             if not self.non_finite.active:  # else a non-finite loss was reported already
                 self._on_non_finite(trainer, f"step {step}: the curvature probe failed: {err}")
             return
-        loss = float(trainer.strategy.reduce(torch.tensor(probe.loss), reduce_op="mean")) if sync else probe.loss
+        loss = probe.loss
+        if sync:
+            loss = float(
+                trainer.strategy.reduce(torch.tensor(loss, device=trainer.strategy.root_device), reduce_op="mean")
+            )
         self._last_probe_step, self._vector, lam = step, probe.eigen.vector, probe.eigen.eigenvalue
-        rows = [
-            group_stability(k, suffix, opt, group, lam) for k, suffix, opt, group in param_groups(trainer.optimizers)
-        ]
+        rows = [group_stability(k, sfx, opt, group, lam) for k, sfx, opt, group in param_groups(trainer.optimizers)]
         ratio = max((r.metrics["edge_ratio"] for r in rows if "edge_ratio" in r.metrics), default=0.0)
-        signs = (
-            [f"the probed batch's loss rose over the step ({loss_before:.4g} -> {loss:.4g})"]
-            if (loss_before is not None and loss > loss_before)
-            else []
+        self._decide(trainer, step, lam, ratio, rows, self._signs(loss_before, loss, cosine))
+        record = {"step": step, "lambda_max": lam, "batch_sharpness": probe.batch_sharpness, "edge_ratio": ratio}
+        record.update(
+            loss=loss, zone=self.edge.zone(ratio), hvps=probe.eigen.n_matvecs, converged=probe.eigen.converged
         )
-        if self.oscillation is not None:
-            signs += [reason for oscillating, reason in [self.oscillation.check(cosine)] if oscillating]
+        record["unstable"] = self.edge.diverging
+        self.history.append(record if cosine is None else {**record, "update_cosine": cosine})
+        self.last_metrics = report.log_probe(trainer, probe, cosine, rows)
+
+    def _signs(self, loss_before: float | None, loss: float, cosine: float | None) -> list[str]:
+        """The signs that the iteration runs away, in words."""
+        signs = []
+        if loss_before is not None and loss > loss_before:
+            signs.append(f"the probed batch's loss rose over the step ({loss_before:.4g} -> {loss:.4g})")
+        oscillating, reason = self.oscillation.check(cosine) if self.oscillation is not None else (False, None)
+        return signs + [reason] if oscillating else signs
+
+    def _decide(self, trainer: pl.Trainer, step: int, lam: float, ratio: float, rows: list, signs: list[str]) -> None:
         was_diverging = self.edge.diverging
         diverging, reason = self.edge.check(ratio, signs, spiking=self.spike is not None and self.spike.active)
         reached, message = self.edge.check_reached(ratio)
@@ -253,25 +258,14 @@ class SpectralStabilityMonitor(Callback):
             for message in self.lr_cap.update(rows, lam, diverging):
                 report.info(f"step {step}: {message}")
         if diverging and not was_diverging:
-            table = report.divergence_table(rows, lam, self._action)
+            table = report.divergence_table(rows, lam, self.lr_cap.caps, self.on_unstable)
             report.warn(f"step {step}: diverging: {reason}. The step is past the stability edge.\n{table}")
             trainer.should_stop = trainer.should_stop or self.on_unstable == "stop"
         # Past the edge with no sign yet: look again after 1, 2, 4, ... steps (a divergence is fast, a catapult rare).
-        self._recheck = min(2 * self._recheck, self.every_n_steps) if self.edge.zone(ratio) == "past" else 1
-        if self.edge.zone(ratio) == "past" and not diverging:
+        past = self.edge.zone(ratio) == "past"
+        self._recheck = min(2 * self._recheck, self.every_n_steps) if past else 1
+        if past and not diverging:
             self._probe_at = step + self._recheck // 2
-        record = dict(step=step, lambda_max=lam, batch_sharpness=probe.batch_sharpness, edge_ratio=ratio, loss=loss)
-        record.update(zone=self.edge.zone(ratio), hvps=probe.eigen.n_matvecs, converged=probe.eigen.converged)
-        record["unstable"] = self.edge.diverging
-        self.history.append(record if cosine is None else {**record, "update_cosine": cosine})
-        self.last_metrics = report.log_probe(trainer, probe, cosine, rows)
-
-    def _action(self, row: GroupStability) -> str:
-        if row.metrics.get("edge_ratio", 0.0) < 1.0:
-            return "-"
-        if row.key in self.lr_cap.caps:
-            return f"lr capped at {self.lr_cap.caps[row.key]:.4g}"
-        return "stop" if self.on_unstable == "stop" else "none (warn)"
 
 
 def _check(ok: bool, message: str) -> None:

@@ -26,6 +26,17 @@ class NonFiniteLossDetector:
         self.active = True
         return start, f"the training loss is {loss}" if start else None
 
+    @staticmethod
+    def action(on_unstable: str, params_finite: bool) -> tuple[bool, str]:
+        """``(should_stop, what happens, in words)``: ``"stop"`` stops; ``"cap_lr"`` stops only once the parameters
+        are no longer finite (nothing can recover them); ``"warn"`` never stops."""
+        state = "the parameters are still finite" if params_finite else "the parameters are no longer finite"
+        if on_unstable == "stop" or (on_unstable == "cap_lr" and not params_finite):
+            return True, f"{state}: stopping training"
+        if on_unstable == "cap_lr":
+            return False, f"{state}: training continues (the step was not taken or the batch is bad); lr caps stay"
+        return False, f"{state}: training continues (on_unstable='warn')"
+
     def state_dict(self) -> dict[str, Any]:
         return {"active": self.active}
 

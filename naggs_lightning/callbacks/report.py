@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -36,8 +36,16 @@ def info(message: str) -> None:
     rank_zero_info(_PREFIX + message)
 
 
-def divergence_table(rows: Sequence[GroupStability], lam: float, action: Callable[[GroupStability], str]) -> str:
+def divergence_table(rows: Sequence[GroupStability], lam: float, caps: dict[str, float], on_unstable: str) -> str:
     """One row per param group: lr, edge, lambda_max, edge ratio, stable lr and what the monitor did."""
+
+    def action(row: GroupStability) -> str:
+        if row.metrics.get("edge_ratio", 0.0) < 1.0:
+            return "-"
+        if row.key in caps:
+            return f"lr capped at {caps[row.key]:.4g}"
+        return "stop" if on_unstable == "stop" else "none (warn)"
+
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
     for column in ("group", "optimizer", "lr", "edge (curvature)", "lambda_max", "ratio", "stable lr", "action"):
         table.add_column(column, justify="left" if column in ("group", "optimizer", "action") else "right")
