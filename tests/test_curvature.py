@@ -27,6 +27,7 @@ from naggs_lightning.curvature import (
     extreme_eigenpair,
     hutchinson_trace,
     hvp,
+    probe_batch,
     rayleigh_quotient,
     top_eigenvalue,
 )
@@ -356,14 +357,18 @@ class MatrixOperator:
 def test_solvers_need_only_the_operator_interface(algorithm):
     gen = torch.Generator().manual_seed(3)
     q, _ = torch.linalg.qr(torch.randn(40, 40, generator=gen, dtype=torch.float64))
-    spectrum = torch.cat([torch.tensor([5.0, 3.0, -4.5], dtype=torch.float64), torch.linspace(-1, 1, 37, dtype=torch.float64)])
+    spectrum = torch.cat(
+        [torch.tensor([5.0, 3.0, -4.5], dtype=torch.float64), torch.linspace(-1, 1, 37, dtype=torch.float64)]
+    )
     op = MatrixOperator(q @ torch.diag(spectrum) @ q.T)
     top = extreme_eigenpair(op, algorithm=algorithm, tol=1e-8, max_iter=200)
     bottom = extreme_eigenpair(op, which="smallest", algorithm=algorithm, tol=1e-8, max_iter=200)
     assert top.eigenvalue == pytest.approx(5.0, rel=1e-4)
     assert bottom.eigenvalue == pytest.approx(-4.5, rel=1e-4)
     direction = torch.randn(40, generator=gen, dtype=torch.float64)
-    assert rayleigh_quotient(op, direction) == pytest.approx(float(direction @ op.matrix @ direction / (direction @ direction)))
+    assert rayleigh_quotient(op, direction) == pytest.approx(
+        float(direction @ op.matrix @ direction / (direction @ direction))
+    )
 
 
 def test_batch_sharpness_is_the_curvature_along_the_batch_gradient(problem, digits):
@@ -389,7 +394,9 @@ def test_non_finite_parameters_or_loss_raise_a_clear_error(digits):
         estimate_batch_sharpness(module, (bad_x, y))
     with torch.no_grad():
         module.net[2].weight[0, 0] = float("inf")
-    with pytest.raises(NonFiniteCurvatureError, match=r"1 of 4 parameter tensors hold NaN or inf \(first: #2 \(10, 8\)\)"):
+    with pytest.raises(
+        NonFiniteCurvatureError, match=r"1 of 4 parameter tensors hold NaN or inf \(first: #2 \(10, 8\)\)"
+    ):
         top_eigenvalue(lambda: module.compute_loss(digits), module.parameters())
     with pytest.raises(NonFiniteCurvatureError, match="parameter tensors hold NaN or inf"):
         estimate_top_eigenvalue(module, [digits])
@@ -401,3 +408,13 @@ def test_a_non_finite_product_raises_instead_of_failing_in_eigh():
     for algorithm in ("lanczos", "power"):
         with pytest.raises(NonFiniteCurvatureError, match="non-finite product"):
             extreme_eigenpair(op, algorithm=algorithm)
+
+
+def test_probe_batch_reads_the_top_eigenvalue_sharpness_and_loss_from_one_graph(problem, digits):
+    _, module, _, spectrum = problem
+    probe = probe_batch(module, digits, tol=1e-6, max_iter=50)
+    assert probe.eigen.eigenvalue == pytest.approx(spectrum[-1].item(), rel=1e-4)
+    assert probe.batch_sharpness == pytest.approx(estimate_batch_sharpness(module, digits), rel=1e-6)
+    assert probe.loss == pytest.approx(float(module.compute_loss(digits)), rel=1e-6)
+    warm = probe_batch(module, digits, tol=1e-3, init=probe.eigen.vector)
+    assert warm.eigen.n_matvecs <= 2  # warm-started from the eigenvector
