@@ -92,6 +92,7 @@ def runs():
     return {action: run(action) for action in ("warn", "cap_lr")}
 
 
+@pytest.mark.slow
 def test_warn_stays_silent_at_the_edge(runs):
     monitor, _, infos, stability_warnings = runs["warn"]
     ratios = [h["edge_ratio"] for h in monitor.history]
@@ -109,6 +110,7 @@ def test_warn_stays_silent_at_the_edge(runs):
     assert sum(h["zone"] == "edge" for h in monitor.history) > 1
 
 
+@pytest.mark.slow
 def test_cap_lr_keeps_the_asked_for_step_at_the_edge(runs):
     monitor, trace, _, stability_warnings = runs["cap_lr"]
     assert stability_warnings == []

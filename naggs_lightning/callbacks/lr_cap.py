@@ -70,9 +70,9 @@ class LrCap:
 
     def lift(self, key: str, group: dict[str, Any]) -> None:
         """Remove a cap and give the group its asked-for lr back."""
+        _set_lr(group, self.asked_for(key, group))
         del self.caps[key]
-        if key in self.requested:
-            _set_lr(group, self.requested.pop(key))
+        self.requested.pop(key, None)
         self._applied.pop(key, None)
 
     def asked_for(self, key: str, group: dict[str, Any]) -> float:
