@@ -85,6 +85,9 @@ def test_edge_zones_and_divergence_needs_a_sign():
     reached, message = detector.check_reached(1.05)
     assert reached and "reached the stability edge of the step (1.05x)" in message and "Not divergence" in message
     assert detector.check_reached(1.1) == (False, None)  # once
+    first_past = EdgeOfStabilityDetector(band=0.1, divergence_ratio=2.0)
+    reached, message = first_past.check_reached(6.4)
+    assert reached and "6.40x the stability edge" in message and "Not divergence" not in message
     assert detector.check(1.5, ["the loss rose"]) == (False, None)  # at the edge a rising loss is normal
     assert detector.check(3.0, []) == (False, None)  # past, but nothing runs away (a catapult)
     diverging, reason = detector.check(3.0, ["the loss rose"])

@@ -56,9 +56,14 @@ class EdgeOfStabilityDetector:
         if self.reached or self.zone(ratio) == "below":
             return False, None
         self.reached = True
-        where = "reached" if self.zone(ratio) == "edge" else "is past"
+        if self.zone(ratio) == "past":
+            return True, (
+                f"the top Hessian eigenvalue is {ratio:.2f}x the stability edge of the step, past the "
+                f"{self.divergence_ratio:g}x from which a run rarely settles back; the monitor probes again within a "
+                "few steps and warns if the loss rises or the updates oscillate."
+            )
         return True, (
-            f"the top Hessian eigenvalue {where} the stability edge of the step ({ratio:.2f}x). Networks trained "
+            f"the top Hessian eigenvalue reached the stability edge of the step ({ratio:.2f}x). Networks trained "
             "with a fixed step normally sharpen to this edge and keep training there (the edge of stability), "
             "the loss falling non-monotonically; a step somewhat past it usually lowers the curvature again. "
             f"Not divergence: the monitor warns if the curvature is past {self.divergence_ratio:g}x the edge while "
