@@ -104,6 +104,7 @@ def test_no_page_shows_unrendered_markup(site):
 
 
 @pytest.mark.slow
-def test_figures_are_drawn_into_the_build_folder(site):
-    assert "_static/spectral_radius.png" in _pages(site)["theory.html"].fetched
-    assert (site / "_static" / "spectral_radius.png").stat().st_size > 10_000
+@pytest.mark.parametrize("page,figure", [("theory", "spectral_radius.png"), ("monitor", "edge_of_stability.png")])
+def test_figures_are_drawn_into_the_build_folder(site, page, figure):
+    assert f"_static/{figure}" in _pages(site)[f"{page}.html"].fetched
+    assert (site / "_static" / figure).stat().st_size > 10_000
