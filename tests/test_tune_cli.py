@@ -21,9 +21,7 @@ from optuna.trial import TrialState
 from naggs_lightning.cli import build_cli
 from naggs_lightning.cli import main as naggs_train
 from naggs_lightning.tune.cli import main
-from naggs_lightning.tune.objective import WORKER
-from naggs_lightning.tune.report import SEED_ATTR
-from naggs_lightning.tune.space import ALPHA_ATTR
+from naggs_lightning.tune import keys
 from naggs_lightning.tune.storage import open_storage
 
 NAGGS_TUNE = [sys.executable, "-m", "naggs_lightning.tune.cli"]
@@ -73,9 +71,9 @@ def test_cli_study_writes_a_best_yaml_that_naggs_train_trains(finished_study, tm
     study = optuna.load_study(study_name="digits", storage=f"sqlite:///{db}")
     trials = study.trials
     assert len(trials) == 4 and all(t.state in FINISHED for t in trials)
-    assert trials[0].user_attrs[SEED_ATTR] is True
-    seed = study.user_attrs["naggs.seed"]
-    assert trials[0].user_attrs[ALPHA_ATTR] == seed["alpha"]
+    assert trials[0].user_attrs[keys.SEEDED] is True
+    seed = study.user_attrs[keys.STUDY_SEED]
+    assert trials[0].user_attrs[keys.ALPHA] == seed["alpha"]
     # mu comes from the recipe (1.0, inside the default range); gamma is seeded at mu.
     assert trials[0].params["optimizer.init_args.mu"] == 1.0 == seed["mu"]
     assert trials[0].params["optimizer.init_args.gamma"] == 1.0
@@ -83,7 +81,7 @@ def test_cli_study_writes_a_best_yaml_that_naggs_train_trains(finished_study, tm
     best = study.best_trial
     config = yaml.safe_load((out / "best.yaml").read_text())
     recipe_config = yaml.safe_load(recipe.read_text())
-    assert config["optimizer"]["init_args"]["lr"] == best.user_attrs[ALPHA_ATTR]
+    assert config["optimizer"]["init_args"]["lr"] == best.user_attrs[keys.ALPHA]
     for key in ("mu", "gamma"):
         assert config["optimizer"]["init_args"][key] == best.params[f"optimizer.init_args.{key}"]
     assert config["model"] == recipe_config["model"] and config["trainer"] == recipe_config["trainer"]
@@ -96,7 +94,7 @@ def test_cli_study_writes_a_best_yaml_that_naggs_train_trains(finished_study, tm
     }
 
     cli = build_cli(["--config", str(out / "best.yaml")], run=False)
-    assert cli.model.configure_optimizers().param_groups[0]["lr"] == best.user_attrs[ALPHA_ATTR]
+    assert cli.model.configure_optimizers().param_groups[0]["lr"] == best.user_attrs[keys.ALPHA]
     monkeypatch.chdir(tmp_path)
     naggs_train(
         [
@@ -149,7 +147,7 @@ def test_resume_after_killing_the_process_mid_study(tmp_path):
     assert all(by_number[t[0]] == t for t in finished_before)  # finished trials preserved exactly
     assert sum(t[1] in FINISHED for t in trials) == 5
     study = optuna.load_study(study_name="digits", storage=f"sqlite:///{db}")
-    assert sum(bool(t.user_attrs.get(SEED_ATTR)) for t in study.trials if t.state in FINISHED) == 3
+    assert sum(bool(t.user_attrs.get(keys.SEEDED)) for t in study.trials if t.state in FINISHED) == 3
     # A trial that was running when the process died is failed by its stale heartbeat and re-queued.
     for t in study.trials:
         if t.state == TrialState.FAIL:
@@ -170,10 +168,10 @@ def test_two_processes_on_one_storage_run_exactly_n_distinct_trials(tmp_path):
     study = optuna.load_study(study_name="digits", storage=f"sqlite:///{db}")
     finished = [t for t in study.trials if t.state in FINISHED]
     assert len(finished) == 6 and len({t.number for t in finished}) == 6
-    assert len({t.user_attrs[WORKER] for t in finished}) == 2, "one process did all the work"
-    assert sum(bool(t.user_attrs.get(SEED_ATTR)) for t in finished) == 3  # seeded once, not per process
+    assert len({t.user_attrs[keys.WORKER] for t in finished}) == 2, "one process did all the work"
+    assert sum(bool(t.user_attrs.get(keys.SEEDED)) for t in finished) == 3  # seeded once, not per process
     # Anything else is a trial that lost the race for the last slot and never trained.
-    assert all(t.user_attrs.get("naggs.surplus") for t in study.trials if t.state not in FINISHED)
+    assert all(t.user_attrs.get(keys.SURPLUS) for t in study.trials if t.state not in FINISHED)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +14,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from naggs_lightning.tune.config import dump_config, with_params
-from naggs_lightning.tune.objective import PRUNED_REASON
+from naggs_lightning.tune.config import dump_config
+from naggs_lightning.tune.keys import PRUNED_REASON, SEEDED, STUDY_METRIC, STUDY_SEED
 from naggs_lightning.tune.seed import TheorySeed
 from naggs_lightning.tune.space import SearchSpace
 
-__all__ = ["Reporter", "results_table", "write_best", "write_plots", "SEED_ATTR"]
-
-#: User attribute of the trials the theory seeded.
-SEED_ATTR = "naggs.seeded"
+__all__ = ["Reporter", "results_table", "write_best", "write_plots"]
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -96,7 +93,7 @@ class Reporter:
         with self._lock:
             if self.enabled:
                 params = ", ".join(f"{_short(k)}={_fmt(v)}" for k, v in self.space.values(trial).items())
-                tag = " [cyan](theory seed)[/]" if trial.user_attrs.get(SEED_ATTR) else ""
+                tag = " [cyan](theory seed)[/]" if trial.user_attrs.get(SEEDED) else ""
                 if trial.state == TrialState.COMPLETE:
                     outcome = f"{self.metric} = {trial.value:.5g}"
                 elif trial.state == TrialState.PRUNED:
@@ -132,36 +129,45 @@ def results_table(study: optuna.Study, space: SearchSpace, metric: str, *, top: 
             if t.datetime_complete and t.datetime_start
             else math.nan
         )
-        note = "theory seed" if t.user_attrs.get(SEED_ATTR) else ""
+        note = "theory seed" if t.user_attrs.get(SEEDED) else ""
         table.add_row(
             str(t.number), f"{t.value:.5g}", *(_fmt(values[t.number].get(n, "")) for n in names), f"{seconds:.1f}", note
         )
     return table
 
 
-def write_best(study: optuna.Study, space: SearchSpace, out_dir: Path, config: Mapping[str, Any] | None) -> list[Path]:
-    """Write the best trial as ``best_params.yaml`` and, in config mode, as a full ``best.yaml``.
+BestConfig = Callable[[Mapping[str, Any]], "tuple[dict[str, Any] | None, str]"]
 
-    ``best.yaml`` is the recipe with the best values (and the pinned ones) set:
+
+def write_best(
+    study: optuna.Study, space: SearchSpace, out_dir: Path, best_config: BestConfig | None = None
+) -> tuple[list[Path], list[str]]:
+    """Write the best trial as ``best_params.yaml`` and, when ``best_config`` can make one, a runnable ``best.yaml``.
+
+    ``best_config(values)`` (the trial builder's :meth:`~naggs_lightning.tune.objective.TrialBuilder.best_config`)
+    returns the LightningCLI config for the best values (the recipe with them set in config mode; the
+    factory's classes and hparams in factory mode), or ``None`` and why not:
     ``naggs-train fit --config best.yaml`` retrains the winner. Nothing is written while no trial
-    has completed.
+    has completed. Returns the files written and notes (why best.yaml was not written).
     """
     best = best_trial(study)
     if best is None:
-        return []
+        return [], []
     values = {**space.values(best), **space.fixed}
     header = (
         f"# naggs-tune study {study.study_name!r}: best of {len(study.get_trials(deepcopy=False, states=_FINISHED))} "
-        f"finished trials is trial {best.number}, {study.user_attrs.get('naggs.metric', 'value')} = {best.value:.6g}\n"
+        f"finished trials is trial {best.number}, {study.user_attrs.get(STUDY_METRIC, 'value')} = {best.value:.6g}\n"
     )
     written = [out_dir / "best_params.yaml"]
     dump_config({"value": best.value, "trial": best.number, "params": values}, written[0], header)
-    if config is not None:
-        written.append(out_dir / "best.yaml")
-        dump_config(
-            with_params(config, values), written[1], header + "# train it: naggs-train fit --config best.yaml\n"
-        )
-    return written
+    if best_config is None:
+        return written, []
+    config, note = best_config(values)
+    if config is None:
+        return written, [f"best.yaml not written: {note}"]
+    written.append(out_dir / "best.yaml")
+    dump_config(config, written[1], header + f"# {note}; train it: naggs-train fit --config best.yaml\n")
+    return written, []
 
 
 def write_plots(study: optuna.Study, space: SearchSpace, out_dir: Path, metric: str) -> tuple[list[Path], list[str]]:
@@ -179,7 +185,7 @@ def write_plots(study: optuna.Study, space: SearchSpace, out_dir: Path, metric: 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    seed = TheorySeed.from_attrs(study.user_attrs["naggs.seed"]) if "naggs.seed" in study.user_attrs else None
+    seed = TheorySeed.from_attrs(study.user_attrs[STUDY_SEED]) if STUDY_SEED in study.user_attrs else None
     written, notes = [], []
 
     fig = Figure(figsize=(6.4, 4.0))
@@ -193,7 +199,7 @@ def write_plots(study: optuna.Study, space: SearchSpace, out_dir: Path, metric: 
             running = y if running is None else (max(running, y) if maximize else min(running, y))
             best.append(running)
         ax.step(xs, best, where="post", color="C3", label="best so far")
-        seeded = [t for t in complete if t.user_attrs.get(SEED_ATTR)]
+        seeded = [t for t in complete if t.user_attrs.get(SEEDED)]
         if seeded:
             ax.scatter(
                 [t.number for t in seeded],
