@@ -270,6 +270,73 @@ def _counts(study: optuna.Study) -> tuple[int, int]:
     return finished, len(trials) - finished
 
 
+class _Heartbeat:
+    """A running trial's heartbeat: the first beat now, then one every ``interval`` seconds until the trial ends.
+
+    Optuna's own heartbeat thread (inside ``study.optimize``) records its first beat asynchronously,
+    and a RUNNING trial that never beat is never judged stale: a worker killed before that first beat
+    (seen on a busy machine, the thread starved behind the trial's own writes) left its trial RUNNING
+    for ever and every other worker waiting for it. Here the first beat is written before the trial
+    starts.
+    """
+
+    def __init__(self, trial: optuna.trial.Trial) -> None:
+        self.storage = trial.storage
+        # Optuna's storage API names trials by their storage id, which Trial keeps private.
+        self.trial_id = trial._trial_id
+        self.interval = getattr(self.storage, "get_heartbeat_interval", lambda: None)()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.interval:
+            self.storage.record_heartbeat(self.trial_id)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # a busy database: the next beat retries; a missed one only shortens the grace
+                pass
+
+    def __enter__(self) -> _Heartbeat:
+        if self.interval:
+            self._thread = threading.Thread(target=self._beat, name="naggs-tune-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _run_trial(
+    study: optuna.Study,
+    objective: Objective,
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]],
+    guard: InterruptGuard,
+) -> None:
+    """Ask for a trial, train it, tell its end (as Optuna's ``_run_trial``, with the first heartbeat written first)."""
+    with guard.deferred():
+        trial = study.ask()
+        heartbeat = _Heartbeat(trial)
+    state, value = TrialState.COMPLETE, None
+    with heartbeat:
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except SurplusTrial:
+            state = TrialState.FAIL
+        except BaseException:
+            with guard.deferred():
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+    with guard.deferred():
+        frozen = study.tell(trial, value, state=state)
+        for callback in callbacks:
+            callback(study, frozen)
+
+
 def _work(
     study: optuna.Study,
     objective: Objective,
@@ -283,15 +350,15 @@ def _work(
     while not (stop.is_set() or guard.requested.is_set()):
         if deadline is not None and time.monotonic() >= deadline:
             return
-        with guard.deferred():  # Optuna's bookkeeping around a trial is not cut by a Ctrl-C
+        with guard.deferred():  # Optuna's bookkeeping between trials is not cut by a Ctrl-C
             optuna.storages.fail_stale_trials(study)
             finished, running = _counts(study)
-            if finished >= n_trials:
-                return
-            if finished + running < n_trials:
-                study.optimize(objective, n_trials=1, catch=(SurplusTrial,), callbacks=list(callbacks))
-                continue
-        stop.wait(_POLL_S)  # the study is full until a running trial ends: it may fail and need replacing
+        if finished >= n_trials:
+            return
+        if finished + running < n_trials:
+            _run_trial(study, objective, callbacks, guard)
+        else:
+            stop.wait(_POLL_S)  # the study is full until a running trial ends: it may fail and need replacing
 
 
 @dataclass
