@@ -6,6 +6,7 @@ under a second. (Many workers on PostgreSQL and killed-worker heartbeats: tests/
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -108,6 +109,27 @@ def test_cli_study_writes_a_best_yaml_that_naggs_train_trains(finished_study, tm
             "--trainer.enable_progress_bar=false",
         ]
     )
+
+
+@pytest.mark.slow
+def test_optuna_trials_shows_the_alpha_each_trial_trained_with(finished_study):
+    recipe, db, out = finished_study
+    optuna_cli = [sys.executable, "-c", "import sys; from optuna.cli import main; sys.exit(main())"]
+    shown = subprocess.run(
+        [*optuna_cli, "trials", "--study-name", "digits", "--storage", f"sqlite:///{db}", "-f", "json"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    records = json.loads(shown.stdout)
+    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{db}")
+    assert [r["number"] for r in records] == [t.number for t in study.trials]
+    for record, trial in zip(records, study.trials, strict=True):
+        # the searched ratio in params, the alpha the trial trained with beside it
+        assert record["params"][keys.ALPHA_RATIO] == trial.params[keys.ALPHA_RATIO]
+        assert record["user_attrs"][keys.ALPHA] == trial.user_attrs[keys.ALPHA] > 0
 
 
 @pytest.mark.slow

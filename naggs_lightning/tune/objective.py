@@ -211,12 +211,12 @@ def _as_class_path(obj: Any) -> tuple[dict[str, Any] | None, str]:
     name = f"{cls.__module__}.{cls.__qualname__}"
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
         return None, f"{cls.__qualname__} is defined in {cls.__module__} (a script or a function): move it to a module"
-    hparams = dict(getattr(obj, "hparams", {}) or {})
-    required = [
-        p.name
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.name != "self" and p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
+    signature = inspect.signature(cls.__init__).parameters.values()
+    accepted = {p.name for p in signature if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature)
+    # A parent class's save_hyperparameters() leaves its own arguments in hparams too: keep the constructor's.
+    hparams = {k: v for k, v in dict(getattr(obj, "hparams", {}) or {}).items() if takes_any or k in accepted}
+    required = [p.name for p in signature if p.name in accepted and p.default is p.empty]
     missing = [p for p in required if p not in hparams]
     if missing:
         return None, f"{name} needs {', '.join(missing)}, not in its hparams: call self.save_hyperparameters() in __init__"
