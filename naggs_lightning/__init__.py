@@ -6,17 +6,20 @@ Public API:
 * :mod:`naggs_lightning.theory`: closed forms (optimal and critical step, spectral radius, ...).
 * :mod:`naggs_lightning.curvature`: Hessian-vector products and top-eigenvalue estimates.
 * :class:`SpectralStabilityMonitor`: a Lightning callback that watches the iteration's stability.
+* :class:`GammaMonitor`: logs gamma and mu per parameter group (LearningRateMonitor-style keys).
 * :mod:`naggs_lightning.tune` (``naggs-tune``) and :mod:`naggs_lightning.cli` (``naggs-train``).
 """
 
 from naggs_lightning import curvature, theory
 from naggs_lightning.callbacks import SpectralStabilityMonitor, StabilityWarning
 from naggs_lightning.curvature import estimate_bottom_eigenvalue, estimate_top_eigenvalue
+from naggs_lightning.gamma_monitor import GammaMonitor
 from naggs_lightning.optim import NAGGS, AccSGD
 
 __all__ = [
     "NAGGS",
     "AccSGD",
+    "GammaMonitor",
     "SpectralStabilityMonitor",
     "StabilityWarning",
     "curvature",
