@@ -295,7 +295,7 @@ def test_config_the_parser_rejects_is_a_one_line_error(tmp_path, capsys):
     assert "parameter 'optimizer.init_args.momentum' does not fit the config" in err
     assert "Option 'momentum' is not accepted" in err
     assert main(_args(recipe, db, "--param", "trainer.strategy=ddp", "--param", "trainer.devices=2")) == 2
-    assert "trials on 2 processes (strategy DDPStrategy) are not supported" in _error(capsys)
+    assert "trials on 2 processes need trainer.strategy: ddp_spawn (strategy DDPStrategy" in _error(capsys)
     assert not db.exists()
 
 

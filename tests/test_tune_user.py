@@ -47,7 +47,8 @@ def _studies(db: Path) -> list[str]:
     return optuna.get_all_study_names(open_storage(f"sqlite:///{db}")) if db.exists() else []
 
 
-def test_a_metric_typo_writes_nothing_and_the_corrected_command_then_runs(tmp_path, capsys):
+def test_a_metric_typo_writes_nothing_and_the_corrected_command_then_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # naggs-tune-out/ goes here
     recipe, db = _recipe(tmp_path / "r.yaml", LOGREG), tmp_path / "t.db"
     assert main(_args(recipe, db, "--metric", "val_acuracy", "--n-trials", "1")) == 2
     err = capsys.readouterr().err.strip()

@@ -106,11 +106,18 @@ class StopOnInterrupt(Callback):
     """Ends a trial's ``fit`` after a Ctrl-C, for trials trained in worker threads (the signal only
     reaches the main thread): raises :class:`Interrupted` at the next batch."""
 
-    def __init__(self, guard: InterruptGuard) -> None:
+    def __init__(self, guard: InterruptGuard | None) -> None:
         self.guard = guard
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A ddp_spawn trainer pickles its callbacks into the rank processes: the guard (a signal handler and
+        # an event of the study's process) stays behind; the study's process stops the ranks itself.
+        return {"guard": None}
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        self.guard.check()
+        if self.guard is not None:
+            self.guard.check()
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        self.guard.check()
+        if self.guard is not None:
+            self.guard.check()

@@ -21,6 +21,7 @@ __all__ = [
     "WORKER",
     "SURPLUS",
     "RETRY_OF",
+    "WORLD_SIZE",
 ]
 
 # --- study user attributes -------------------------------------------------------------------------
@@ -51,3 +52,5 @@ WORKER = "naggs.worker"
 SURPLUS = "naggs.surplus"
 #: On a trial queued again because the run training it was interrupted: the interrupted trial's number.
 RETRY_OF = "naggs.retry_of"
+#: How many processes a trial trained on (more than one under a ``ddp_spawn`` trainer).
+WORLD_SIZE = "naggs.world_size"

@@ -19,6 +19,7 @@ import inspect
 import math
 import os
 import re
+import signal
 import socket
 from argparse import ArgumentError
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +35,7 @@ from naggs_lightning.callbacks import SpectralStabilityMonitor
 from naggs_lightning.tune.config import get_path, with_params
 from naggs_lightning.tune.errors import TuneError
 from naggs_lightning.tune.interrupts import Interrupted, InterruptGuard, StopOnInterrupt
-from naggs_lightning.tune.keys import PRUNED_REASON, RETRY_OF, SEEDED, SURPLUS, WORKER
+from naggs_lightning.tune.keys import PRUNED_REASON, RETRY_OF, SEEDED, SURPLUS, WORKER, WORLD_SIZE
 from naggs_lightning.tune.space import SearchSpace
 
 __all__ = [
@@ -232,6 +233,16 @@ class TrialCallback(Callback):
     the pruner's decision, or divergence (a non-finite training loss or validation metric).
     The step reported to Optuna counts validation runs (epochs, unless ``val_check_interval`` asks
     for more than one per epoch).
+
+    Only global rank zero talks to the trial (and so to the storage); a decision to stop is broadcast,
+    so every rank of a DDP trial stops at the same step. The reason is also stored in the trial's user
+    attribute :data:`~naggs_lightning.tune.keys.PRUNED_REASON`: under ``ddp_spawn`` the ranks run in
+    processes of their own and this object's :attr:`reason` never reaches the process that runs the
+    study, which reads the storage instead (:func:`stop_reason`). (optuna-integration's
+    ``PyTorchLightningPruningCallback`` shares its decision through the storage the same way, but
+    raises inside ``fit`` on one process, warns instead of failing when the metric is missing, counts
+    epochs rather than validations and knows nothing of divergence: this callback replaces it, and the
+    package does not depend on optuna-integration.)
     """
 
     def __init__(self, trial: optuna.trial.Trial, monitor: str) -> None:
@@ -240,9 +251,15 @@ class TrialCallback(Callback):
         self.reason: str | None = None
         self._validations = 0
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.trial.set_user_attr(WORLD_SIZE, trainer.world_size)
+
     def _stop(self, trainer: Trainer, reason: str) -> None:
         self.reason = reason
         trainer.should_stop = True
+        if trainer.is_global_zero:
+            self.trial.set_user_attr(PRUNED_REASON, reason)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -349,8 +366,12 @@ class Objective:
     def _train(self, trial: optuna.trial.Trial, params: dict[str, Any]) -> float:
         watcher = TrialCallback(trial, self.metric)
         parts = self.builder.build(params, [watcher, StopOnInterrupt(self.guard)])
-        parts.trainer.fit(parts.model, datamodule=parts.datamodule)
-        reason = watcher.reason or _monitor_stop(parts.trainer)
+        try:
+            parts.trainer.fit(parts.model, datamodule=parts.datamodule)
+        except Interrupted:
+            _stop_ranks(parts.trainer)
+            raise
+        reason = watcher.reason or stop_reason(trial) or _monitor_stop(parts.trainer)
         value = parts.trainer.callback_metrics.get(self.metric)
         if reason is None and value is None:
             raise TuneError(f"the metric {self.metric!r} was never logged: does the trainer run validation?")
@@ -360,6 +381,24 @@ class Objective:
             trial.set_user_attr(PRUNED_REASON, reason)
             raise optuna.TrialPruned(reason)
         return float(value)
+
+
+def stop_reason(trial: optuna.trial.Trial) -> str | None:
+    """Why the trial's run stopped early, as its rank zero stored it (None: it ran to the end).
+
+    Read from the storage: under ``ddp_spawn`` the callback that decided lived in another process.
+    """
+    for frozen in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if frozen.number == trial.number:
+            return frozen.user_attrs.get(PRUNED_REASON)
+    return None
+
+
+def _stop_ranks(trainer: Trainer) -> None:
+    """Ctrl-C during a ``ddp_spawn`` fit: the rank processes would train on; end them."""
+    kill = getattr(trainer.strategy.launcher, "kill", None)
+    if kill is not None and trainer.world_size > 1:
+        kill(signal.SIGKILL)
 
 
 def _queue_again(trial: optuna.trial.Trial) -> None:

@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from optuna.distributions import FloatDistribution
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
@@ -397,19 +398,44 @@ def _default_study_name(config: ConfigSource | Sequence[ConfigSource] | None) ->
     return files[-1].stem if files else "naggs"
 
 
-def _check_single_process(probe: TrialParts) -> None:
-    if probe.trainer.world_size > 1:
-        # Lightning would start the other ranks by re-running naggs-tune, and each would run studies of its own.
-        strategy = type(probe.trainer.strategy).__name__
+def _check_processes(probe: TrialParts, storage: str | None) -> None:
+    """A trial may train on several processes only as ``ddp_spawn`` does, and only with an RDB storage.
+
+    ``strategy: ddp`` starts the other ranks by re-running the command (naggs-tune), and each would run
+    a study of its own; ``ddp_spawn`` starts them from inside ``fit``, in the one process that runs the
+    study, and its rank zero reports to the trial through the storage.
+    """
+    trainer = probe.trainer
+    if trainer.world_size <= 1:
+        return
+    strategy = type(trainer.strategy).__name__
+    if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
         raise TuneError(
-            f"trials on {probe.trainer.world_size} processes (strategy {strategy}) are not supported: "
-            "run one naggs-tune worker per device on a shared --storage instead"
+            f"trials on {trainer.world_size} processes need trainer.strategy: ddp_spawn (strategy {strategy} "
+            "re-runs the command on every rank); or run one naggs-tune worker per device on a shared --storage"
+        )
+    if storage is None:
+        raise TuneError(
+            f"trials on {trainer.world_size} processes report through the storage: give an RDB storage, not None"
         )
 
 
 def _check_metric(probe: TrialParts, metric: str) -> None:
-    """Run one validation batch of the reference configuration: the metric must be among what it logs."""
+    """Run one validation batch of the reference configuration: the metric must be among what it logs.
+
+    A multi-process trainer is replaced by a one-process one on the same accelerator for this check:
+    the metric's name does not depend on the number of ranks, and starting them costs seconds.
+    """
     trainer = probe.trainer
+    if trainer.world_size > 1:
+        trainer = Trainer(
+            accelerator=trainer.accelerator,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
     limit = trainer.limit_val_batches
     trainer.limit_val_batches = 1
     try:
@@ -457,7 +483,7 @@ def _prepare(
     declared = SearchSpace.parse(space, config=config)
     reference = declared.reference({name: builder.configured(name) for name in declared.distributions})
     probe = builder.build(reference)  # a bad config or parameter name fails here
-    _check_single_process(probe)
+    _check_processes(probe, opts.storage)
     if config is None:
         declared = _use_the_models_own(declared, reference, probe)
     _check_metric(probe, opts.metric)
