@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
@@ -439,7 +440,10 @@ def _check_metric(probe: TrialParts, metric: str) -> None:
     limit = trainer.limit_val_batches
     trainer.limit_val_batches = 1
     try:
-        trainer.validate(probe.model, datamodule=probe.datamodule, verbose=False)
+        # Starting a DataLoader draws from torch's global generator: fork it, so that the seed's curvature
+        # batches (drawn next, from a shuffled loader) are the ones an unchecked run would draw.
+        with torch.random.fork_rng(devices=[]):
+            trainer.validate(probe.model, datamodule=probe.datamodule, verbose=False)
     except (KeyboardInterrupt, Interrupted):
         raise
     except Exception as exc:
