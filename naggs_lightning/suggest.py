@@ -1,4 +1,4 @@
-"""The theory's step for a Lightning model in one call, and a callback in the shape of Lightning's ``LearningRateFinder``.
+"""The theory's step for a Lightning model in one call, and a callback shaped like Lightning's ``LearningRateFinder``.
 
 Lightning's ``Tuner.lr_find`` trains a few hundred steps at growing learning rates and suggests the lr
 where the loss fell fastest; it knows nothing of NAG-GS's mu and gamma. :func:`suggest_lr` measures

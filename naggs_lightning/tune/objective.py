@@ -220,7 +220,10 @@ def _as_class_path(obj: Any) -> tuple[dict[str, Any] | None, str]:
     required = [p.name for p in signature if p.name in accepted and p.default is p.empty]
     missing = [p for p in required if p not in hparams]
     if missing:
-        return None, f"{name} needs {', '.join(missing)}, not in its hparams: call self.save_hyperparameters() in __init__"
+        return (
+            None,
+            f"{name} needs {', '.join(missing)}, not in its hparams: call self.save_hyperparameters() in __init__",
+        )
     if not _plain(hparams):
         return None, f"{name}'s hparams are not plain values (numbers, strings, lists)"
     return {"class_path": name, "init_args": hparams}, ""

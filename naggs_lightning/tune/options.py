@@ -58,7 +58,9 @@ class TuneOptions:
     sampler: Union[str, BaseSampler] = _option("tpe", "the Optuna sampler", cli_type=Literal["tpe", "random"])
     sampler_seed: Optional[int] = _option(None, "seed of the sampler (reproducible single-process studies)")
     pruner: Union[str, BasePruner] = _option(
-        "median", "prunes on the metric reported after every validation", cli_type=Literal["median", "hyperband", "none"]
+        "median",
+        "prunes on the metric reported after every validation",
+        cli_type=Literal["median", "hyperband", "none"],
     )
     seed: bool = _option(True, "do not seed the study from the theory", flag="--no-seed")
     safety: float = _option(0.9, "seed alpha = safety x the theory's step, in (0, 1]")

@@ -279,7 +279,7 @@ def alpha_figure(study: optuna.Study, space: SearchSpace, metric: str) -> Any:
 
 
 def importances_figure(study: optuna.Study, space: SearchSpace) -> tuple[Any, str]:
-    """fANOVA importances of the searched parameters (alpha named as such, relative to the seed), or ``None`` and why."""
+    """fANOVA importances of the searched parameters (alpha named as alpha), or ``None`` and why not."""
     try:
         importances = optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError) as exc:

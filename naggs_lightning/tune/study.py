@@ -529,7 +529,9 @@ def _optimize(
         own = study
         if opts.storage is not None:
             store = open_storage(opts.storage, heartbeat_interval=opts.heartbeat_interval)
-            own = optuna.load_study(study_name=study.study_name, storage=store, sampler=study.sampler, pruner=study.pruner)
+            own = optuna.load_study(
+                study_name=study.study_name, storage=store, sampler=study.sampler, pruner=study.pruner
+            )
         _work(own, *args)
 
     with ThreadPoolExecutor(max_workers=opts.n_jobs, thread_name_prefix="naggs-tune") as pool:
