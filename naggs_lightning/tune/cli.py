@@ -21,18 +21,23 @@ finds ``mymod.py`` next to where the command runs.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import sys
-from argparse import SUPPRESS
+import threading
 import typing
+from argparse import SUPPRESS
 from pathlib import Path
-from typing import Any
-
-import yaml
-from jsonargparse import ArgumentParser, Namespace
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from naggs_lightning.tune.errors import TuneError
-from naggs_lightning.tune.options import TuneOptions
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser, Namespace
+
+    from naggs_lightning.tune.options import TuneOptions
+
+# Only light modules above: torch, Lightning and Optuna are imported inside main(), after it owns Ctrl-C.
 
 __all__ = ["main", "build_parser", "INTERRUPTED_STATUS"]
 
@@ -67,6 +72,10 @@ def _add_option(parser: ArgumentParser, option: dataclasses.Field, hint: Any) ->
 
 def build_parser() -> ArgumentParser:
     """The ``naggs-tune`` parser: ``--config``/``--space``/``--param`` plus one flag per :class:`TuneOptions` field."""
+    from jsonargparse import ArgumentParser
+
+    from naggs_lightning.tune.options import TuneOptions
+
     parser = ArgumentParser(
         prog="naggs-tune",
         description="Tune NAG-GS (alpha, mu, gamma and whatever else you name) on a LightningCLI recipe with an "
@@ -96,6 +105,8 @@ def build_parser() -> ArgumentParser:
 
 
 def _space(args: Namespace) -> dict[str, Any]:
+    import yaml
+
     space: dict[str, Any] = {}
     if args.space:
         try:
@@ -121,6 +132,8 @@ def _space(args: Namespace) -> dict[str, Any]:
 
 
 def _options(args: Namespace) -> TuneOptions:
+    from naggs_lightning.tune.options import TuneOptions
+
     values = {f.name: args.get(f.name, f.default) for f in dataclasses.fields(TuneOptions)}
     values["study_name"] = values["study_name"] or Path(args.config[-1]).stem
     if values["output_dir"] is None:
@@ -128,14 +141,47 @@ def _options(args: Namespace) -> TuneOptions:
     return TuneOptions(**values)
 
 
+def _interrupted(study_name: str | None) -> str:
+    if study_name is None:
+        return "naggs-tune: interrupted before the study started; nothing was written"
+    return (
+        "naggs-tune: interrupted; finished trials are kept in the storage: re-run the same command to resume "
+        f"study {study_name!r}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``naggs-tune``; returns the exit status."""
+    """Entry point of ``naggs-tune``; returns the exit status.
+
+    Until the study takes Ctrl-C over (:class:`~naggs_lightning.tune.interrupts.InterruptGuard`) and after
+    it gives it back, nothing is half-written: a Ctrl-C then (during the imports, say) prints the one line
+    and exits with status 130 at once.
+    """
+    seen: dict[str, str | None] = {"study": None}
+
+    def exit_now(signum: int, frame: Any) -> None:
+        sys.stdout.flush()
+        print(_interrupted(seen["study"]), file=sys.stderr, flush=True)
+        os._exit(INTERRUPTED_STATUS)
+
+    owner = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, exit_now) if owner else None
+    try:
+        return _main(argv, seen)
+    finally:
+        if owner:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(argv: list[str] | None, seen: dict[str, str | None]) -> int:
     from naggs_lightning.cli import import_from_working_directory  # the console-script layer
 
     import_from_working_directory()
     args = build_parser().parse_args(argv)
-    study_name = args.study_name or Path(args.config[-1]).stem
+    seen["study"] = args.study_name or Path(args.config[-1]).stem
     try:
+        from rich.console import Console
+
         from naggs_lightning.tune.study import run
 
         run(args.config, space=_space(args), options=_options(args), console=Console(stderr=False))
@@ -143,11 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"naggs-tune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"naggs-tune: interrupted; finished trials are kept in the storage: re-run the same command to resume "
-            f"study {study_name!r}",
-            file=sys.stderr,
-        )
+        print(_interrupted(seen["study"]), file=sys.stderr)
         return INTERRUPTED_STATUS
     return 0
 

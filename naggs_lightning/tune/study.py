@@ -121,6 +121,8 @@ def _quiet() -> Iterator[None]:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # LightningCLI warns when given a config while sys.argv holds naggs-tune's own flags.
             warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter")
+            # study.ask() with a heartbeat storage: this module beats for its trials itself (_Heartbeat).
+            warnings.filterwarnings("ignore", message=r"Heartbeat of storage is supposed to be used with Study.optimize")
             # Lightning 2.6 on torch >= 2.10, repeated every trial; nothing a user can act on.
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
             yield
@@ -311,15 +313,26 @@ class _Heartbeat:
             self._thread.join()
 
 
+#: Serialises asking for a trial among this process's worker threads. Optuna claims a waiting (enqueued)
+#: trial with a read and a conditional update; SQLite has no SELECT ... FOR UPDATE, so two threads that ask
+#: at the same instant both claimed the same seeded trial and trained it twice.
+_ASK_LOCK = threading.Lock()
+
+
 def _run_trial(
     study: optuna.Study,
     objective: Objective,
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]],
     guard: InterruptGuard,
 ) -> None:
-    """Ask for a trial, train it, tell its end (as Optuna's ``_run_trial``, with the first heartbeat written first)."""
+    """Ask for a trial, train it, tell its end (as Optuna's ``_run_trial``, with the first heartbeat written first).
+
+    A trial that another worker finished meanwhile (failed as stale while this one still trained, or
+    claimed twice by two processes on SQLite) is left as that worker recorded it.
+    """
     with guard.deferred():
-        trial = study.ask()
+        with _ASK_LOCK:
+            trial = study.ask()
         heartbeat = _Heartbeat(trial)
     state, value = TrialState.COMPLETE, None
     with heartbeat:
@@ -329,12 +342,17 @@ def _run_trial(
             state = TrialState.PRUNED
         except SurplusTrial:
             state = TrialState.FAIL
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return
         except BaseException:
-            with guard.deferred():
+            with guard.deferred(), contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 study.tell(trial, state=TrialState.FAIL)
             raise
     with guard.deferred():
-        frozen = study.tell(trial, value, state=state)
+        try:
+            frozen = study.tell(trial, value, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return
         for callback in callbacks:
             callback(study, frozen)
 
