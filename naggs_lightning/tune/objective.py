@@ -352,13 +352,13 @@ class Objective:
         self.guard = guard or InterruptGuard()
 
     def __call__(self, trial: optuna.trial.Trial) -> float:
-        with self.guard.deferred():  # the trial's parameters are in the storage before a Ctrl-C can land
-            if self.n_trials is not None and _active_before(trial.study, trial.number) >= self.n_trials:
-                trial.set_user_attr(SURPLUS, True)
-                raise SurplusTrial(f"the study already has {self.n_trials} trials")
-            trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
-            params = self.space.suggest(trial)
         try:
+            with self.guard.deferred():  # the trial's parameters are in the storage before a Ctrl-C can land
+                if self.n_trials is not None and _active_before(trial.study, trial.number) >= self.n_trials:
+                    trial.set_user_attr(SURPLUS, True)
+                    raise SurplusTrial(f"the study already has {self.n_trials} trials")
+                trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
+                params = self.space.suggest(trial)
             with self.guard.allowed():
                 return self._train(trial, params)
         except Interrupted:

@@ -330,25 +330,25 @@ def _run_trial(
     A trial that another worker finished meanwhile (failed as stale while this one still trained, or
     claimed twice by two processes on SQLite) is left as that worker recorded it.
     """
+    # Asking and telling are never cut by a Ctrl-C: one that lands there is raised inside the objective (which
+    # lets it cut training only), or once the trial is told.
     with guard.deferred():
         with _ASK_LOCK:
             trial = study.ask()
-        heartbeat = _Heartbeat(trial)
-    state, value = TrialState.COMPLETE, None
-    with heartbeat:
-        try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except SurplusTrial:
-            state = TrialState.FAIL
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return
-        except BaseException:
-            with guard.deferred(), contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                study.tell(trial, state=TrialState.FAIL)
-            raise
-    with guard.deferred():
+        state, value = TrialState.COMPLETE, None
+        with _Heartbeat(trial):
+            try:
+                value = objective(trial)
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except SurplusTrial:
+                state = TrialState.FAIL
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return
+            except BaseException:
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    study.tell(trial, state=TrialState.FAIL)
+                raise
         try:
             frozen = study.tell(trial, value, state=state)
         except optuna.exceptions.UpdateFinishedTrialError:
