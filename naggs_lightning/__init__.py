@@ -6,22 +6,45 @@ Public API:
 * :mod:`naggs_lightning.theory`: closed forms (optimal and critical step, spectral radius, ...).
 * :mod:`naggs_lightning.curvature`: Hessian-vector products and top-eigenvalue estimates.
 * :class:`SpectralStabilityMonitor`: a Lightning callback that watches the iteration's stability.
+* :func:`suggest_lr` and the :class:`TheoryLRFinder` callback: the theory's step for a model in one call.
+* :class:`GammaMonitor`: logs gamma and mu per parameter group (LearningRateMonitor-style keys).
 * :mod:`naggs_lightning.tune` (``naggs-tune``) and :mod:`naggs_lightning.cli` (``naggs-train``).
+
+The names are imported on first use (PEP 562): ``import naggs_lightning.tune.cli`` does not import torch,
+so the console scripts own Ctrl-C from their first line on, before the heavy imports start.
 """
 
-from naggs_lightning import curvature, theory
-from naggs_lightning.callbacks import SpectralStabilityMonitor, StabilityWarning
-from naggs_lightning.curvature import estimate_bottom_eigenvalue, estimate_top_eigenvalue
-from naggs_lightning.optim import NAGGS, AccSGD
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "NAGGS",
-    "AccSGD",
-    "SpectralStabilityMonitor",
-    "StabilityWarning",
-    "curvature",
-    "estimate_bottom_eigenvalue",
-    "estimate_top_eigenvalue",
-    "theory",
-]
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "NAGGS": "naggs_lightning.optim",
+    "AccSGD": "naggs_lightning.optim",
+    "GammaMonitor": "naggs_lightning.gamma_monitor",
+    "SpectralStabilityMonitor": "naggs_lightning.callbacks",
+    "StabilityWarning": "naggs_lightning.callbacks",
+    "TheoryLRFinder": "naggs_lightning.suggest",
+    "estimate_bottom_eigenvalue": "naggs_lightning.curvature",
+    "estimate_top_eigenvalue": "naggs_lightning.curvature",
+    "suggest_lr": "naggs_lightning.suggest",
+}
+_SUBMODULES = ("curvature", "theory")
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = import_module(f"naggs_lightning.{name}")
+    else:
+        raise AttributeError(f"module 'naggs_lightning' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS, *_SUBMODULES])

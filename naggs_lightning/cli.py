@@ -13,15 +13,20 @@ section (``NAGGS``, ``AccSGD`` or any ``torch.optim`` class), the scheduler from
 without an ``optimizer:`` section the model's own ``configure_optimizers`` is used (NAG-GS from the
 model's ``lr``, ``mu``, ``gamma`` for the shipped tasks). Callbacks such as
 :class:`~naggs_lightning.callbacks.SpectralStabilityMonitor` go under ``trainer.callbacks``.
+
+The working directory is importable, as with ``python -m``: ``class_path: mymod.MyNet`` finds
+``mymod.py`` next to where the command runs.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from typing import Any
 
-from lightning.pytorch import LightningModule
-from lightning.pytorch.cli import ArgsType, LightningCLI, LRSchedulerTypeUnion
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import ArgsType, LightningCLI, LRSchedulerTypeUnion, SaveConfigCallback
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 
@@ -30,7 +35,7 @@ from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 import naggs_lightning.optim  # noqa: F401
 import naggs_lightning.tasks  # noqa: F401
 
-__all__ = ["NaggsCLI", "build_cli", "main"]
+__all__ = ["NaggsCLI", "SaveConfigUnlessLogless", "build_cli", "import_from_working_directory", "main"]
 
 # Schedulers that torch documents as stepped after every batch; Lightning's default interval is the epoch.
 _PER_STEP_SCHEDULERS: tuple[type, ...] = (OneCycleLR, CyclicLR)
@@ -63,6 +68,31 @@ class NaggsCLI(LightningCLI):
             super().instantiate_classes()
 
 
+class SaveConfigUnlessLogless(SaveConfigCallback):
+    """LightningCLI's ``config.yaml`` writer, which overwrites the file when the trainer has no logger.
+
+    With a logger every run writes into a fresh ``version_N`` folder; with ``logger: false`` every run
+    of a folder shares ``default_root_dir``, and Lightning's refusal to overwrite would fail the second
+    ``naggs-train fit`` there. The file then describes the latest run, as the checkpoints next to it do.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer.logger is None:
+            self.overwrite = True
+        super().setup(trainer, pl_module, stage)
+
+
+def import_from_working_directory() -> None:
+    """Put the working directory first on ``sys.path``, as ``python -m`` does.
+
+    A console script's ``sys.path`` starts with the script's own folder, so without this a recipe's
+    ``class_path: mymod.MyNet`` would not find ``mymod.py`` in the folder the user runs from.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def build_cli(args: ArgsType = None, run: bool = True, **kwargs: Any) -> NaggsCLI:
     """Build (and with ``run=True`` run) the ``naggs-train`` LightningCLI.
 
@@ -89,6 +119,7 @@ def build_cli(args: ArgsType = None, run: bool = True, **kwargs: Any) -> NaggsCL
         parser_kwargs=parser_kwargs,
         args=args,
         run=run,
+        save_config_callback=SaveConfigUnlessLogless,
     )
     options.update(kwargs)
     return NaggsCLI(**options)
@@ -96,6 +127,7 @@ def build_cli(args: ArgsType = None, run: bool = True, **kwargs: Any) -> NaggsCL
 
 def main(args: ArgsType = None) -> None:
     """Console entry point ``naggs-train``."""
+    import_from_working_directory()
     build_cli(args, run=True)
 
 

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+import yaml
 
 from naggs_lightning.cli import build_cli
 from naggs_lightning.optim import NAGGS, AccSGD
@@ -128,3 +129,28 @@ def test_one_cycle_with_momentum_cycling_fails_on_naggs(tmp_path):
             "--model MLP --data DigitsDataModule --optimizer NAGGS "
             "--lr_scheduler OneCycleLR --lr_scheduler.max_lr 1.0 --lr_scheduler.total_steps 10",
         )
+
+
+def test_fit_twice_in_one_folder_without_a_logger(tmp_path, monkeypatch):
+    """With ``logger: false`` both runs write config.yaml into the same folder: the second replaces the first."""
+    monkeypatch.chdir(tmp_path)
+    for lr in (0.3, 0.4):
+        cli = build_cli(
+            ["fit", "--model", "LogisticRegression", "--data", "DigitsDataModule", "--model.lr", str(lr)]
+            + ["--trainer.logger", "false", "--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false"]
+            + ["--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "1"]
+        )
+        assert cli.trainer.global_step == 1
+        saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+        assert saved["model"]["init_args"]["lr"] == lr
+
+
+def test_a_logger_still_protects_an_existing_config(tmp_path):
+    """Only the logger-less case overwrites: a logger's version folder that already holds a config is refused."""
+    args = ["fit", "--model", "LogisticRegression", "--data", "DigitsDataModule", "--trainer.max_steps", "1"]
+    args += ["--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)]
+    args += ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(tmp_path), "--trainer.logger.version", "0"]
+    args += ["--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "1"]
+    build_cli(args)
+    with pytest.raises(RuntimeError, match="config.yaml"):
+        build_cli(args)

@@ -27,6 +27,8 @@ import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from naggs_lightning.tune import keys
+
 POSTGRES_URL = os.environ.get("NAGGS_TEST_POSTGRES_URL", "postgresql+psycopg2://naggs:naggs@localhost:5432/naggs")
 NAGGS_TUNE = [sys.executable, "-m", "naggs_lightning.tune.cli"]
 
@@ -94,6 +96,14 @@ def _trials_run_by(log: Path) -> set[int]:
     return {int(m) for m in re.findall(r"^trial (\d+)", log.read_text(), flags=re.MULTILINE)}
 
 
+def _running_trial_of(proc: subprocess.Popen, url: str, study_name: str) -> optuna.trial.FrozenTrial | None:
+    """The trial ``proc`` is training, as the storage shows it (RUNNING, parameters chosen, its worker id)."""
+    for t in _running(url, study_name):
+        if t.user_attrs.get(keys.WORKER, "").endswith(f":{proc.pid}"):
+            return t
+    return None
+
+
 def _running(url: str, study_name: str) -> list[optuna.trial.FrozenTrial]:
     """Trials past suggest(): training."""
     try:
@@ -120,15 +130,16 @@ def test_two_workers_share_a_study_and_survive_a_killed_worker(tmp_path, postgre
     survivor = _worker(recipe, postgres_url, study_name, n_trials, "survivor")
     logs = {name: tmp_path / f"{name}.log" for name in ("victim", "survivor")}
 
-    # Kill the victim once it has finished a trial and both workers are training.
+    # Kill the victim once it has finished a trial and the storage shows it training one of its own.
     deadline = time.monotonic() + 240
-    while not (_trials_run_by(logs["victim"]) and len(running := _running(postgres_url, study_name)) == 2):
+    while not (_trials_run_by(logs["victim"]) and (killed := _running_trial_of(victim, postgres_url, study_name))):
         assert victim.poll() is None and survivor.poll() is None, logs["victim"].read_text()[-3000:]
-        assert time.monotonic() < deadline, "the workers never trained side by side"
-        time.sleep(0.2)
-    # The victim's newest trial has only just passed suggest(): it is certainly still training.
+        assert time.monotonic() < deadline, "the victim never showed a running trial"
+        time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)  # no clean-up: its trial stays RUNNING until the heartbeat goes stale
     victim.wait(timeout=30)
+    running = [t for t in _running(postgres_url, study_name) if t.number == killed.number]
+    assert running, "the victim's trial ended before the kill landed"
     assert survivor.wait(timeout=300) == 0, logs["survivor"].read_text()[-3000:]
 
     study = optuna.load_study(study_name=study_name, storage=postgres_url)
@@ -142,7 +153,7 @@ def test_two_workers_share_a_study_and_survive_a_killed_worker(tmp_path, postgre
     assert by_victim and by_survivor and not by_victim & by_survivor
     assert by_victim | by_survivor == {t.number for t in finished}
     # The failed trial is the one the victim was training; the survivor re-ran its point.
-    assert failed.number in {t.number for t in running} and failed.number not in by_victim | by_survivor
+    assert failed.number == killed.number and failed.number not in by_victim | by_survivor
     (retry,) = [t for t in finished if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == failed.number]
     assert retry.params == failed.params and retry.number in by_survivor
 

@@ -23,10 +23,8 @@ from naggs_lightning import NAGGS, theory
 from naggs_lightning.callbacks import SpectralStabilityMonitor, StabilityWarning
 from naggs_lightning.tasks import LeastSquares, QuadraticDataModule
 from naggs_lightning.tune import SearchSpace, TuneError, run, theory_seed
-from naggs_lightning.tune.objective import PRUNED_REASON
-from naggs_lightning.tune.report import SEED_ATTR
 from naggs_lightning.tune.seed import RelativeAlpha
-from naggs_lightning.tune.space import ALPHA_ATTR, ALPHA_RATIO
+from naggs_lightning.tune import keys
 from naggs_lightning.tune.storage import open_storage
 
 
@@ -248,15 +246,15 @@ def test_relative_alpha_is_centred_on_the_seed_of_each_mu_and_never_leaves_the_u
     assert fixed.alpha(1.0, 0.1, 0.05) == pytest.approx(theory_seed(2.0, 0.1, 0.05, safety=0.9).alpha)
     assert fixed.alpha(1.0, 0.1, 0.05) != pytest.approx(rel.alpha(1.0, 0.1, 0.05))
     space = SearchSpace.parse({}).seeded(rel)
-    assert ALPHA_RATIO in space.distributions and "lr" not in space.distributions
-    assert space.distributions[ALPHA_RATIO] == FloatDistribution(0.1, 10.0, log=True)
+    assert keys.ALPHA_RATIO in space.distributions and "lr" not in space.distributions
+    assert space.distributions[keys.ALPHA_RATIO] == FloatDistribution(0.1, 10.0, log=True)
     assert SearchSpace.from_json(space.to_json()) == space
 
     study = optuna.create_study()
-    trial = study.ask({ALPHA_RATIO: FloatDistribution(0.1, 10.0, log=True)})
+    trial = study.ask({keys.ALPHA_RATIO: FloatDistribution(0.1, 10.0, log=True)})
     params = space.suggest(trial)
-    expected = rel.alpha(trial.params[ALPHA_RATIO], params["mu"], params["gamma"])
-    assert params["lr"] == expected and ALPHA_RATIO not in params
+    expected = rel.alpha(trial.params[keys.ALPHA_RATIO], params["mu"], params["gamma"])
+    assert params["lr"] == expected and keys.ALPHA_RATIO not in params
     study.tell(trial, 0.0)
     assert space.values(study.trials[0]) == {"lr": expected, "mu": params["mu"], "gamma": params["gamma"]}
 
@@ -304,7 +302,7 @@ def test_fixed_gamma_is_seeded_at_the_papers_alpha_c_for_its_own_gamma():
     )
     lam = _exact_lambda_max(3)
     expected = 0.9 * min(theory.alpha_c(0.05, 1.0, lam), theory.alpha_crit(0.05, 1.0, lam))
-    assert study.trials[0].user_attrs[ALPHA_ATTR] == pytest.approx(expected, rel=2e-3)
+    assert study.trials[0].user_attrs[keys.ALPHA] == pytest.approx(expected, rel=2e-3)
     assert expected != pytest.approx(0.9 * theory.alpha_opt(0.05, lam), rel=0.05)
 
 
@@ -332,23 +330,23 @@ def test_study_end_to_end_on_sqlite(tmp_path):
     expected = 0.9 * 2 * (0.05 + math.sqrt(0.05 * lam)) / (lam - 0.05)
     first = trials[0]
     # Three seeded trials first: the theory's step, then half and a quarter of it.
-    assert [t.params[ALPHA_RATIO] for t in trials[:3]] == [1.0, 0.5, 0.25]
-    assert all(t.user_attrs[SEED_ATTR] for t in trials[:3]) and not trials[3].user_attrs.get(SEED_ATTR)
-    assert first.user_attrs[ALPHA_ATTR] == pytest.approx(expected, rel=2e-3)
+    assert [t.params[keys.ALPHA_RATIO] for t in trials[:3]] == [1.0, 0.5, 0.25]
+    assert all(t.user_attrs[keys.SEEDED] for t in trials[:3]) and not trials[3].user_attrs.get(keys.SEEDED)
+    assert first.user_attrs[keys.ALPHA] == pytest.approx(expected, rel=2e-3)
     assert first.params["gamma"] == pytest.approx(0.05)
-    attrs = study.user_attrs["naggs.seed"]
+    attrs = study.user_attrs[keys.STUDY_SEED]
     assert attrs["lambda_max"] == pytest.approx(lam, rel=1e-3)
-    assert attrs["alpha"] == first.user_attrs[ALPHA_ATTR] and "alpha_crit" in attrs["regime"]
+    assert attrs["alpha"] == first.user_attrs[keys.ALPHA] and "alpha_crit" in attrs["regime"]
     # Every trial's alpha lies within a factor 10 of the seed, which gamma does not move: gamma evolves to
     # mu = 0.05 (pinned), so the seed is alpha*(mu, L) whatever gamma a trial starts from.
     seed = 0.9 * min(theory.alpha_opt(0.05, lam), theory.alpha_crit(0.05, 0.05, lam))
     for t in trials:
-        assert seed / 10 * (1 - 1e-9) <= t.user_attrs[ALPHA_ATTR] <= seed * 10 * (1 + 1e-9)
+        assert seed / 10 * (1 - 1e-9) <= t.user_attrs[keys.ALPHA] <= seed * 10 * (1 + 1e-9)
 
     best = study.best_trial
     written = yaml.safe_load((tmp_path / "out" / "best_params.yaml").read_text())
     assert written["trial"] == best.number
-    assert written["params"] == {"lr": best.user_attrs[ALPHA_ATTR], "gamma": best.params["gamma"], "mu": 0.05}
+    assert written["params"] == {"lr": best.user_attrs[keys.ALPHA], "gamma": best.params["gamma"], "mu": 0.05}
     for name in ("history.png", "alpha.png", "importances.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -357,8 +355,8 @@ def test_study_end_to_end_on_sqlite(tmp_path):
     study = run(n_trials=7, **common)
     after = study.get_trials(deepcopy=False)
     assert [(t.number, t.params, t.user_attrs, t.value, t.state) for t in after[:5]] == before
-    assert len(after) == 7 and sum(bool(t.user_attrs.get(SEED_ATTR)) for t in after) == 3
-    assert study.user_attrs["naggs.seed"] == attrs
+    assert len(after) == 7 and sum(bool(t.user_attrs.get(keys.SEEDED)) for t in after) == 3
+    assert study.user_attrs[keys.STUDY_SEED] == attrs
 
 
 @pytest.mark.slow
@@ -377,7 +375,7 @@ def test_diverging_and_monitor_stopped_trials_are_pruned_with_reason():
     study = run(trainer_kwargs=_trainer_kwargs(), space={"lr": 50.0, "mu": 1e-3, "gamma": 1e-3}, **common)
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED
-    assert trial.user_attrs[PRUNED_REASON].startswith("diverged: the training loss is not finite")
+    assert trial.user_attrs[keys.PRUNED_REASON].startswith("diverged: the training loss is not finite")
 
     # Twice the edge: unstable, still finite after one step, when the monitor's first probe stops the run.
     alpha = 2.0 * theory_seed(10.0, 0.1, 0.1).alpha_crit
@@ -388,7 +386,7 @@ def test_diverging_and_monitor_stopped_trials_are_pruned_with_reason():
         )
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED
-    assert trial.user_attrs[PRUNED_REASON].startswith("diverging: stopped by SpectralStabilityMonitor")
+    assert trial.user_attrs[keys.PRUNED_REASON].startswith("diverging: stopped by SpectralStabilityMonitor")
     assert monitor.history[0]["step"] == 1
 
 
@@ -406,22 +404,23 @@ def test_threads_share_one_study_and_stop_at_exactly_n_trials(tmp_path):
     )
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == 6
-    assert all(t.user_attrs.get("naggs.surplus") for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    assert all(t.user_attrs.get(keys.SURPLUS) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
 
 
-def test_a_metric_the_model_does_not_log_stops_the_study_with_a_clear_error():
-    logged = r"logged: \['train_loss', 'val_acc', 'val_loss'\]"
+def test_a_metric_the_model_does_not_log_is_refused_before_the_storage_is_written(tmp_path):
+    db = tmp_path / "typo.db"
+    logged = r"logged: \['val_acc', 'val_loss'\]"
     with pytest.raises(TuneError, match=r"the metric 'val_accuracy' is not logged during validation; " + logged):
         run(
             model=lambda p: TinyClassifier(**p),
             datamodule=TinyData(),
             trainer_kwargs=_trainer_kwargs(max_epochs=1),
             metric="val_accuracy",
-            storage=None,
+            storage=f"sqlite:///{db}",
             n_trials=2,
-            seed=False,
             verbose=False,
         )
+    assert not db.exists()
 
 
 def test_bad_options_fail_before_the_storage_is_touched(tmp_path):

@@ -1,15 +1,43 @@
 """naggs-tune: an Optuna study over NAG-GS hyper-parameters whose first trial comes from the theory.
 
 :func:`run` is the Python API; ``naggs-tune`` (:mod:`naggs_lightning.tune.cli`) the console script
-over it. The parts: :mod:`~naggs_lightning.tune.space` (search space), :mod:`~naggs_lightning.tune.seed`
-(theory seed from the estimated curvature), :mod:`~naggs_lightning.tune.objective` (one trial),
-:mod:`~naggs_lightning.tune.storage` (Optuna RDB storage), :mod:`~naggs_lightning.tune.report`
-(progress, table, best.yaml, plots) and :mod:`~naggs_lightning.tune.study` (the driver).
+over it, its flags generated from :class:`TuneOptions`. The parts: :mod:`~naggs_lightning.tune.options`
+(the options, validated once), :mod:`~naggs_lightning.tune.space` (search space),
+:mod:`~naggs_lightning.tune.seed` (theory seed from the estimated curvature),
+:mod:`~naggs_lightning.tune.objective` (one trial), :mod:`~naggs_lightning.tune.storage` (Optuna RDB
+storage), :mod:`~naggs_lightning.tune.interrupts` (Ctrl-C), :mod:`~naggs_lightning.tune.keys` (the
+names of the study's and trials' attributes), :mod:`~naggs_lightning.tune.report` (progress, table,
+best.yaml, plots) and :mod:`~naggs_lightning.tune.study` (the driver).
+
+Names are imported on first use, as in :mod:`naggs_lightning`.
 """
 
-from naggs_lightning.tune.errors import TuneError
-from naggs_lightning.tune.seed import TheorySeed, theory_seed
-from naggs_lightning.tune.space import SearchSpace
-from naggs_lightning.tune.study import run
+from importlib import import_module
+from typing import Any
 
-__all__ = ["run", "SearchSpace", "TheorySeed", "theory_seed", "TuneError"]
+_EXPORTS = {
+    "run": "naggs_lightning.tune.study",
+    "TuneOptions": "naggs_lightning.tune.options",
+    "SearchSpace": "naggs_lightning.tune.space",
+    "TheorySeed": "naggs_lightning.tune.seed",
+    "theory_seed": "naggs_lightning.tune.seed",
+    "TuneError": "naggs_lightning.tune.errors",
+}
+_SUBMODULES = ("keys",)
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = import_module(f"naggs_lightning.tune.{name}")
+    else:
+        raise AttributeError(f"module 'naggs_lightning.tune' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS, *_SUBMODULES])

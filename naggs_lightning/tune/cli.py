@@ -11,113 +11,102 @@ Examples::
         --storage postgresql://user:pw@db-host/optuna --study-name digits-mlp --n-trials 200
 
 Re-running the same command resumes the study. Exit status: 0 done, 2 bad input (config, search
-space, storage, options; the message names the problem and no study is changed), 130 interrupted.
+space, metric, storage, options; the message names the problem and no study is changed), 130
+interrupted (Ctrl-C: the trial that was training ends FAIL and is trained again on resume).
+
+The working directory is importable, as with ``python -m``: a recipe's ``class_path: mymod.MyNet``
+finds ``mymod.py`` next to where the command runs.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import os
+import signal
 import sys
+import threading
+import typing
+from argparse import SUPPRESS
 from pathlib import Path
-from typing import Any
-
-import yaml
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from naggs_lightning.tune.errors import TuneError
-from naggs_lightning.tune.storage import DEFAULT_STORAGE
-from naggs_lightning.tune.study import PRUNERS, SAMPLERS, run
 
-__all__ = ["main", "build_parser"]
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser, Namespace
+
+    from naggs_lightning.tune.options import TuneOptions
+
+# Only light modules above: torch, Lightning and Optuna are imported inside main(), after it owns Ctrl-C.
+
+__all__ = ["main", "build_parser", "INTERRUPTED_STATUS"]
+
+#: Exit status after Ctrl-C, as a shell reports a process ended by SIGINT (128 + 2).
+INTERRUPTED_STATUS = 130
+
+_EPILOG = (
+    "Parameter specs: {low: 1.0e-3, high: 10, log: true} | 1e-3..10:log | 16..256 | [32, 64, 128] | "
+    "[[64], [128, 64]] (list-valued choices) | a scalar (pinned, not searched). Names: dotted config paths "
+    "(optimizer.init_args.lr, data.init_args.batch_size, trainer.max_epochs, ...) or the aliases lr/alpha, mu, "
+    "gamma, weight_decay, batch_size."
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _add_option(parser: ArgumentParser, option: dataclasses.Field, hint: Any) -> None:
+    """One flag of a :class:`TuneOptions` field: name, type, default and help all come from the field."""
+    meta = option.metadata
+    flag = meta.get("flag")
+    if flag is not None:  # a boolean switch: the flag stores the opposite of the default
+        parser.add_argument(
+            flag, dest=option.name, action="store_const", const=not option.default, default=SUPPRESS, help=meta["help"]
+        )
+        return
+    parser.add_argument(
+        "--" + option.name.replace("_", "-"),
+        dest=option.name,
+        type=meta.get("cli_type") or hint,
+        default=option.default,
+        help=meta["help"],
+    )
+
+
+def build_parser() -> ArgumentParser:
+    """The ``naggs-tune`` parser: ``--config``/``--space``/``--param`` plus one flag per :class:`TuneOptions` field."""
+    from jsonargparse import ArgumentParser
+
+    from naggs_lightning.tune.options import TuneOptions
+
+    parser = ArgumentParser(
         prog="naggs-tune",
         description="Tune NAG-GS (alpha, mu, gamma and whatever else you name) on a LightningCLI recipe with an "
         "Optuna study whose first trial is the theory's step for the model's estimated curvature.",
-        epilog="Parameter specs: {low: 1.0e-3, high: 10, log: true} | 1e-3..10:log | 16..256 | [32, 64, 128] | "
-        "a scalar (pinned, not searched). Names: dotted config paths (optimizer.init_args.lr, "
-        "data.init_args.batch_size, trainer.max_epochs, ...) or the aliases lr/alpha, mu, gamma, weight_decay, "
-        "batch_size.",
+        epilog=_EPILOG,
+        exit_on_error=True,
     )
-    add = parser.add_argument
-    add(
+    parser.add_argument(
         "--config",
         action="append",
         required=True,
         metavar="YAML",
         help="LightningCLI config (a recipe); repeat to merge several, later files win",
     )
-    add("--space", metavar="YAML", help="search space file: a mapping of parameter name -> spec")
-    add(
+    parser.add_argument("--space", metavar="YAML", help="search space file: a mapping of parameter name -> spec")
+    parser.add_argument(
         "--param",
         action="append",
         default=[],
         metavar="NAME=SPEC",
         help="one parameter of the search space (repeatable; overrides --space)",
     )
-    add("--metric", default="val_acc", help="validation metric to optimise (default: val_acc)")
-    add(
-        "--direction",
-        choices=("maximize", "minimize"),
-        help="default: minimize when the metric name contains 'loss' or 'err', else maximize",
-    )
-    add(
-        "--n-trials",
-        type=int,
-        default=30,
-        help="finished trials the study should hold, over all workers and re-runs (default: 30)",
-    )
-    add("--timeout", type=float, help="seconds after which this process starts no new trial")
-    add("--n-jobs", type=int, default=1, help="trials in parallel in this process (threads)")
-    add(
-        "--storage",
-        default=DEFAULT_STORAGE,
-        help=f"Optuna RDB URL; several processes may share it (default: {DEFAULT_STORAGE})",
-    )
-    add("--study-name", help="default: the name of the last --config file without its extension")
-    add("--sampler", choices=SAMPLERS, default="tpe")
-    add("--sampler-seed", type=int, help="seed of the sampler (reproducible single-process studies)")
-    add("--pruner", choices=PRUNERS, default="median")
-    add("--no-seed", dest="seed", action="store_false", help="do not seed the study from the theory")
-    add("--safety", type=float, default=0.9, help="seed alpha = safety x the theory's step (default: 0.9)")
-    add(
-        "--seed-window",
-        type=float,
-        default=10.0,
-        help="search alpha in [1/W, W] x the theory's step for each trial's mu (gamma relaxes to mu), cut to "
-        "alpha's range (default: 10)",
-    )
-    add(
-        "--seed-trials",
-        type=int,
-        default=3,
-        help="seeded trials to enqueue: alpha = seed, seed/2, seed/4, ... (default: 3)",
-    )
-    add(
-        "--curvature-batches",
-        type=int,
-        default=4,
-        help="training batches probed at initialisation; the seed uses the largest top Hessian eigenvalue "
-        "among them (default: 4)",
-    )
-    add(
-        "--heartbeat-interval",
-        type=int,
-        default=10,
-        help="seconds between heartbeats of a running trial; a trial silent twice as long is failed and re-queued",
-    )
-    add(
-        "--output-dir",
-        type=Path,
-        help="where best.yaml, best_params.yaml and the plots go (default: naggs-tune-out/<study-name>)",
-    )
-    add("--quiet", action="store_true", help="no progress, seed or table output")
+    hints = typing.get_type_hints(TuneOptions)
+    for option in dataclasses.fields(TuneOptions):
+        _add_option(parser, option, hints[option.name])
     return parser
 
 
-def _space(args: argparse.Namespace) -> dict[str, Any]:
+def _space(args: Namespace) -> dict[str, Any]:
+    import yaml
+
     space: dict[str, Any] = {}
     if args.space:
         try:
@@ -142,46 +131,66 @@ def _space(args: argparse.Namespace) -> dict[str, Any]:
     return space
 
 
+def _options(args: Namespace) -> TuneOptions:
+    from naggs_lightning.tune.options import TuneOptions
+
+    values = {f.name: args.get(f.name, f.default) for f in dataclasses.fields(TuneOptions)}
+    values["study_name"] = values["study_name"] or Path(args.config[-1]).stem
+    if values["output_dir"] is None:
+        values["output_dir"] = Path("naggs-tune-out") / values["study_name"]
+    return TuneOptions(**values)
+
+
+def _interrupted(study_name: str | None) -> str:
+    if study_name is None:
+        return "naggs-tune: interrupted before the study started; nothing was written"
+    return (
+        "naggs-tune: interrupted; finished trials are kept in the storage: re-run the same command to resume "
+        f"study {study_name!r}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``naggs-tune``; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    console = Console(stderr=False)
-    study_name = args.study_name or Path(args.config[-1]).stem
+    """Entry point of ``naggs-tune``; returns the exit status.
+
+    Until the study takes Ctrl-C over (:class:`~naggs_lightning.tune.interrupts.InterruptGuard`) and after
+    it gives it back, nothing is half-written: a Ctrl-C then (during the imports, say) prints the one line
+    and exits with status 130 at once.
+    """
+    seen: dict[str, str | None] = {"study": None}
+
+    def exit_now(signum: int, frame: Any) -> None:
+        sys.stdout.flush()
+        print(_interrupted(seen["study"]), file=sys.stderr, flush=True)
+        os._exit(INTERRUPTED_STATUS)
+
+    owner = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, exit_now) if owner else None
     try:
-        run(
-            args.config,
-            space=_space(args),
-            metric=args.metric,
-            direction=args.direction,
-            n_trials=args.n_trials,
-            timeout=args.timeout,
-            n_jobs=args.n_jobs,
-            storage=args.storage,
-            study_name=study_name,
-            sampler=args.sampler,
-            sampler_seed=args.sampler_seed,
-            pruner=args.pruner,
-            seed=args.seed,
-            safety=args.safety,
-            seed_window=args.seed_window,
-            seed_trials=args.seed_trials,
-            curvature_batches=args.curvature_batches,
-            output_dir=args.output_dir or Path("naggs-tune-out") / study_name,
-            heartbeat_interval=args.heartbeat_interval,
-            console=console,
-            verbose=not args.quiet,
-        )
+        return _main(argv, seen)
+    finally:
+        if owner:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(argv: list[str] | None, seen: dict[str, str | None]) -> int:
+    from naggs_lightning.cli import import_from_working_directory  # the console-script layer
+
+    import_from_working_directory()
+    args = build_parser().parse_args(argv)
+    seen["study"] = args.study_name or Path(args.config[-1]).stem
+    try:
+        from rich.console import Console
+
+        from naggs_lightning.tune.study import run
+
+        run(args.config, space=_space(args), options=_options(args), console=Console(stderr=False))
     except TuneError as exc:
         print(f"naggs-tune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"naggs-tune: interrupted; finished trials are kept in the storage: re-run the same command to resume "
-            f"study {study_name!r}",
-            file=sys.stderr,
-        )
-        return 130
+        print(_interrupted(seen["study"]), file=sys.stderr)
+        return INTERRUPTED_STATUS
     return 0
 
 

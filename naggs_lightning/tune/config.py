@@ -1,4 +1,12 @@
-"""LightningCLI configs as plain dicts: load and merge recipe files, read and set dotted paths."""
+"""LightningCLI configs as plain dicts: load and merge recipe files, read and set dotted paths.
+
+The config is kept as the user wrote it (no defaults added, class names as given) because it is hashed to
+recognise a study's recipe on resume and written back as ``best.yaml``. Passing it through LightningCLI's
+parser would add every default and resolve every class name; jsonargparse's ``dict_to_namespace`` (which
+would give dotted paths for free) is deprecated for exactly that reason and replaces a class given by name
+(``optimizer: NAGGS``) when a path below it is set. Every config is still parsed and built by LightningCLI
+(:func:`naggs_lightning.cli.build_cli`) before a study uses it.
+"""
 
 from __future__ import annotations
 

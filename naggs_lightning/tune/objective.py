@@ -15,9 +15,11 @@ the storage); the pruning decision is broadcast, so under DDP every rank stops a
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
+import signal
 import socket
 from argparse import ArgumentError
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +34,8 @@ from optuna.trial import TrialState
 from naggs_lightning.callbacks import SpectralStabilityMonitor
 from naggs_lightning.tune.config import get_path, with_params
 from naggs_lightning.tune.errors import TuneError
+from naggs_lightning.tune.interrupts import Interrupted, InterruptGuard, StopOnInterrupt
+from naggs_lightning.tune.keys import PRUNED_REASON, RETRY_OF, SEEDED, SURPLUS, WORKER, WORLD_SIZE
 from naggs_lightning.tune.space import SearchSpace
 
 __all__ = [
@@ -42,18 +46,8 @@ __all__ = [
     "TrialCallback",
     "Objective",
     "SurplusTrial",
-    "PRUNED_REASON",
-    "WORKER",
-    "SURPLUS",
     "TRIAL_TRAINER_SETTINGS",
 ]
-
-#: The trial's user attribute that says why a trial was pruned.
-PRUNED_REASON = "naggs.pruned_reason"
-#: Which worker (``host:pid``) ran a trial.
-WORKER = "naggs.worker"
-#: Set on a trial that ended failed, untrained, because the study was already full.
-SURPLUS = "naggs.surplus"
 
 #: Trainer settings every trial runs with: the tuner shows its own progress, and trials keep no
 #: logs or checkpoints (best.yaml retrains the winner with the recipe's own settings).
@@ -79,6 +73,9 @@ class TrialBuilder(Protocol):
     def configured(self, name: str) -> Any:
         """The value the user's configuration gives parameter ``name`` (``None`` if it gives none)."""
 
+    def best_config(self, params: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """A LightningCLI config that trains the point ``params`` with ``naggs-train fit``, or ``None`` and why not."""
+
 
 class ConfigBuilder:
     """Builds trials from a LightningCLI config dict through :func:`naggs_lightning.cli.build_cli`."""
@@ -103,6 +100,9 @@ class ConfigBuilder:
             raise TuneError(_config_message(f"{type(exc).__name__}: {exc}", params)) from exc
         cli.trainer.callbacks.extend(callbacks)
         return TrialParts(cli.model, cli.datamodule, cli.trainer)
+
+    def best_config(self, params: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        return with_params(self.config, params), "the recipe with the best values set"
 
 
 # Lines of a jsonargparse error that repeat the schema instead of naming the problem.
@@ -161,6 +161,73 @@ class FactoryBuilder:
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), *callbacks]
         return TrialParts(model, dm, Trainer(**kwargs))
 
+    def best_config(self, params: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """The factory's model (and datamodule) for ``params`` as ``class_path`` + ``init_args``.
+
+        Possible when each class is importable by name (not defined in ``__main__`` or a function) and
+        its ``hparams`` (``self.save_hyperparameters()`` in ``__init__``) hold every argument its
+        constructor needs; the result is checked by building it with :func:`naggs_lightning.cli.build_cli`.
+        Trainer arguments that are not plain values (callback objects, ...) are left out.
+        """
+        from naggs_lightning.cli import build_cli
+
+        model = self.model_factory(dict(params))
+        dm = self.datamodule
+        if dm is not None and not isinstance(dm, LightningDataModule):
+            dm = dm(dict(params))
+        config: dict[str, Any] = {}
+        for section, obj in (("model", model), ("data", dm)):
+            if obj is None:
+                continue
+            entry, problem = _as_class_path(obj)
+            if entry is None:
+                return None, problem
+            config[section] = entry
+        plain = {k: v for k, v in self.trainer_kwargs.items() if _plain(v)}
+        left_out = sorted(set(self.trainer_kwargs) - set(plain))
+        config["trainer"] = plain
+        try:
+            build_cli(config, run=False, save_config_callback=None, parser_kwargs={"exit_on_error": False})
+        except Exception as exc:
+            detail = " ".join(_parser_problem(str(exc)).split())
+            return None, f"the model's class_path and hparams do not build it: {detail}"
+        note = "the factory's model" + (" and datamodule" if dm is not None else "") + " with their hparams"
+        if left_out:
+            note += f"; trainer arguments left out (not plain values): {', '.join(left_out)}"
+        return config, note
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def _as_class_path(obj: Any) -> tuple[dict[str, Any] | None, str]:
+    cls = type(obj)
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        return None, f"{cls.__qualname__} is defined in {cls.__module__} (a script or a function): move it to a module"
+    signature = inspect.signature(cls.__init__).parameters.values()
+    accepted = {p.name for p in signature if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature)
+    # A parent class's save_hyperparameters() leaves its own arguments in hparams too: keep the constructor's.
+    hparams = {k: v for k, v in dict(getattr(obj, "hparams", {}) or {}).items() if takes_any or k in accepted}
+    required = [p.name for p in signature if p.name in accepted and p.default is p.empty]
+    missing = [p for p in required if p not in hparams]
+    if missing:
+        return (
+            None,
+            f"{name} needs {', '.join(missing)}, not in its hparams: call self.save_hyperparameters() in __init__",
+        )
+    if not _plain(hparams):
+        return None, f"{name}'s hparams are not plain values (numbers, strings, lists)"
+    return {"class_path": name, "init_args": hparams}, ""
+
 
 class TrialCallback(Callback):
     """Report ``monitor`` to the trial after each validation run; prune; stop diverging runs.
@@ -169,6 +236,16 @@ class TrialCallback(Callback):
     the pruner's decision, or divergence (a non-finite training loss or validation metric).
     The step reported to Optuna counts validation runs (epochs, unless ``val_check_interval`` asks
     for more than one per epoch).
+
+    Only global rank zero talks to the trial (and so to the storage); a decision to stop is broadcast,
+    so every rank of a DDP trial stops at the same step. The reason is also stored in the trial's user
+    attribute :data:`~naggs_lightning.tune.keys.PRUNED_REASON`: under ``ddp_spawn`` the ranks run in
+    processes of their own and this object's :attr:`reason` never reaches the process that runs the
+    study, which reads the storage instead (:func:`stop_reason`). (optuna-integration's
+    ``PyTorchLightningPruningCallback`` shares its decision through the storage the same way, but
+    raises inside ``fit`` on one process, warns instead of failing when the metric is missing, counts
+    epochs rather than validations and knows nothing of divergence: this callback replaces it, and the
+    package does not depend on optuna-integration.)
     """
 
     def __init__(self, trial: optuna.trial.Trial, monitor: str) -> None:
@@ -177,9 +254,15 @@ class TrialCallback(Callback):
         self.reason: str | None = None
         self._validations = 0
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.trial.set_user_attr(WORLD_SIZE, trainer.world_size)
+
     def _stop(self, trainer: Trainer, reason: str) -> None:
         self.reason = reason
         trainer.should_stop = True
+        if trainer.is_global_zero:
+            self.trial.set_user_attr(PRUNED_REASON, reason)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -242,7 +325,10 @@ class Objective:
 
     Returns the last value of ``metric`` logged in validation. Pruned, diverging and
     monitor-stopped runs raise :class:`optuna.TrialPruned` with the reason, also stored in the
-    trial's user attribute ``naggs.pruned_reason``.
+    trial's user attribute :data:`~naggs_lightning.tune.keys.PRUNED_REASON`.
+
+    A Ctrl-C (:class:`~naggs_lightning.tune.interrupts.Interrupted`) during training fails the trial
+    (never leaving it RUNNING) and queues its point again for the next run.
 
     With ``n_trials`` set, the objective first checks that fewer than ``n_trials`` earlier trials are
     finished or running; otherwise two workers asked for a trial at the same instant near the end, and
@@ -257,22 +343,38 @@ class Objective:
         metric: str,
         *,
         n_trials: int | None = None,
+        guard: InterruptGuard | None = None,
     ) -> None:
         self.builder = builder
         self.space = space
         self.metric = metric
         self.n_trials = n_trials
+        self.guard = guard or InterruptGuard()
 
     def __call__(self, trial: optuna.trial.Trial) -> float:
-        if self.n_trials is not None and _active_before(trial.study, trial.number) >= self.n_trials:
-            trial.set_user_attr(SURPLUS, True)
-            raise SurplusTrial(f"the study already has {self.n_trials} trials")
-        trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
-        params = self.space.suggest(trial)
+        try:
+            with self.guard.deferred():  # the trial's parameters are in the storage before a Ctrl-C can land
+                if self.n_trials is not None and _active_before(trial.study, trial.number) >= self.n_trials:
+                    trial.set_user_attr(SURPLUS, True)
+                    raise SurplusTrial(f"the study already has {self.n_trials} trials")
+                trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
+                params = self.space.suggest(trial)
+            with self.guard.allowed():
+                return self._train(trial, params)
+        except Interrupted:
+            _queue_again(trial)
+            # Optuna records a trial that raised KeyboardInterrupt as FAIL, then re-raises it.
+            raise KeyboardInterrupt from None
+
+    def _train(self, trial: optuna.trial.Trial, params: dict[str, Any]) -> float:
         watcher = TrialCallback(trial, self.metric)
-        parts = self.builder.build(params, [watcher])
-        parts.trainer.fit(parts.model, datamodule=parts.datamodule)
-        reason = watcher.reason or _monitor_stop(parts.trainer)
+        parts = self.builder.build(params, [watcher, StopOnInterrupt(self.guard)])
+        try:
+            parts.trainer.fit(parts.model, datamodule=parts.datamodule)
+        except Interrupted:
+            _stop_ranks(parts.trainer)
+            raise
+        reason = watcher.reason or stop_reason(trial) or _monitor_stop(parts.trainer)
         value = parts.trainer.callback_metrics.get(self.metric)
         if reason is None and value is None:
             raise TuneError(f"the metric {self.metric!r} was never logged: does the trainer run validation?")
@@ -282,3 +384,29 @@ class Objective:
             trial.set_user_attr(PRUNED_REASON, reason)
             raise optuna.TrialPruned(reason)
         return float(value)
+
+
+def stop_reason(trial: optuna.trial.Trial) -> str | None:
+    """Why the trial's run stopped early, as its rank zero stored it (None: it ran to the end).
+
+    Read from the storage: under ``ddp_spawn`` the callback that decided lived in another process.
+    """
+    for frozen in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if frozen.number == trial.number:
+            return frozen.user_attrs.get(PRUNED_REASON)
+    return None
+
+
+def _stop_ranks(trainer: Trainer) -> None:
+    """Ctrl-C during a ``ddp_spawn`` fit: the rank processes would train on; end them."""
+    kill = getattr(trainer.strategy.launcher, "kill", None)
+    if kill is not None and trainer.world_size > 1:
+        kill(signal.SIGKILL)
+
+
+def _queue_again(trial: optuna.trial.Trial) -> None:
+    """Queue an interrupted trial's point again, so the next run trains it (a seeded trial stays seeded)."""
+    attrs: dict[str, Any] = {RETRY_OF: trial.number}
+    if trial.user_attrs.get(SEEDED):
+        attrs[SEEDED] = True
+    trial.study.enqueue_trial(trial.params, user_attrs=attrs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +14,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from naggs_lightning.tune.config import dump_config, with_params
-from naggs_lightning.tune.objective import PRUNED_REASON
+from naggs_lightning.tune.config import dump_config
+from naggs_lightning.tune.keys import ALPHA_RATIO, PRUNED_REASON, SEEDED, STUDY_METRIC, STUDY_SEED
 from naggs_lightning.tune.seed import TheorySeed
 from naggs_lightning.tune.space import SearchSpace
 
-__all__ = ["Reporter", "results_table", "write_best", "write_plots", "SEED_ATTR"]
-
-#: User attribute of the trials the theory seeded.
-SEED_ATTR = "naggs.seeded"
+__all__ = [
+    "Reporter",
+    "results_table",
+    "write_best",
+    "write_plots",
+    "history_figure",
+    "alpha_figure",
+    "importances_figure",
+]
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -96,7 +101,7 @@ class Reporter:
         with self._lock:
             if self.enabled:
                 params = ", ".join(f"{_short(k)}={_fmt(v)}" for k, v in self.space.values(trial).items())
-                tag = " [cyan](theory seed)[/]" if trial.user_attrs.get(SEED_ATTR) else ""
+                tag = " [cyan](theory seed)[/]" if trial.user_attrs.get(SEEDED) else ""
                 if trial.state == TrialState.COMPLETE:
                     outcome = f"{self.metric} = {trial.value:.5g}"
                 elif trial.state == TrialState.PRUNED:
@@ -132,36 +137,45 @@ def results_table(study: optuna.Study, space: SearchSpace, metric: str, *, top: 
             if t.datetime_complete and t.datetime_start
             else math.nan
         )
-        note = "theory seed" if t.user_attrs.get(SEED_ATTR) else ""
+        note = "theory seed" if t.user_attrs.get(SEEDED) else ""
         table.add_row(
             str(t.number), f"{t.value:.5g}", *(_fmt(values[t.number].get(n, "")) for n in names), f"{seconds:.1f}", note
         )
     return table
 
 
-def write_best(study: optuna.Study, space: SearchSpace, out_dir: Path, config: Mapping[str, Any] | None) -> list[Path]:
-    """Write the best trial as ``best_params.yaml`` and, in config mode, as a full ``best.yaml``.
+BestConfig = Callable[[Mapping[str, Any]], "tuple[dict[str, Any] | None, str]"]
 
-    ``best.yaml`` is the recipe with the best values (and the pinned ones) set:
+
+def write_best(
+    study: optuna.Study, space: SearchSpace, out_dir: Path, best_config: BestConfig | None = None
+) -> tuple[list[Path], list[str]]:
+    """Write the best trial as ``best_params.yaml`` and, when ``best_config`` can make one, a runnable ``best.yaml``.
+
+    ``best_config(values)`` (the trial builder's :meth:`~naggs_lightning.tune.objective.TrialBuilder.best_config`)
+    returns the LightningCLI config for the best values (the recipe with them set in config mode; the
+    factory's classes and hparams in factory mode), or ``None`` and why not:
     ``naggs-train fit --config best.yaml`` retrains the winner. Nothing is written while no trial
-    has completed.
+    has completed. Returns the files written and notes (why best.yaml was not written).
     """
     best = best_trial(study)
     if best is None:
-        return []
+        return [], []
     values = {**space.values(best), **space.fixed}
     header = (
         f"# naggs-tune study {study.study_name!r}: best of {len(study.get_trials(deepcopy=False, states=_FINISHED))} "
-        f"finished trials is trial {best.number}, {study.user_attrs.get('naggs.metric', 'value')} = {best.value:.6g}\n"
+        f"finished trials is trial {best.number}, {study.user_attrs.get(STUDY_METRIC, 'value')} = {best.value:.6g}\n"
     )
     written = [out_dir / "best_params.yaml"]
     dump_config({"value": best.value, "trial": best.number, "params": values}, written[0], header)
-    if config is not None:
-        written.append(out_dir / "best.yaml")
-        dump_config(
-            with_params(config, values), written[1], header + "# train it: naggs-train fit --config best.yaml\n"
-        )
-    return written
+    if best_config is None:
+        return written, []
+    config, note = best_config(values)
+    if config is None:
+        return written, [f"best.yaml not written: {note}"]
+    written.append(out_dir / "best.yaml")
+    dump_config(config, written[1], header + f"# {note}; train it: naggs-train fit --config best.yaml\n")
+    return written, []
 
 
 def write_plots(study: optuna.Study, space: SearchSpace, out_dir: Path, metric: str) -> tuple[list[Path], list[str]]:
@@ -171,19 +185,34 @@ def write_plots(study: optuna.Study, space: SearchSpace, out_dir: Path, metric: 
     complete trials for importances).
     """
     try:
-        # The object-oriented API: no pyplot state, no backend switch in the caller's process.
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError:
         return [], ["plots skipped: matplotlib is not installed (pip install matplotlib)"]
     out_dir.mkdir(parents=True, exist_ok=True)
+    written = [
+        _save(history_figure(study, metric), out_dir / "history.png"),
+        _save(alpha_figure(study, space, metric), out_dir / "alpha.png"),
+    ]
+    importances, note = importances_figure(study, space)
+    if importances is None:
+        return written, [f"importance plot skipped: {note}"]
+    return [*written, _save(importances, out_dir / "importances.png")], []
+
+
+def _figure(height: float = 4.0) -> tuple[Any, Any]:
+    # The object-oriented API: no pyplot state, no backend switch in the caller's process.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, height))
+    return fig, fig.subplots()
+
+
+def history_figure(study: optuna.Study, metric: str) -> Any:
+    """The metric of every complete trial in order, the best so far, the seeded trials and the pruned ones."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    seed = TheorySeed.from_attrs(study.user_attrs["naggs.seed"]) if "naggs.seed" in study.user_attrs else None
-    written, notes = [], []
-
-    fig = Figure(figsize=(6.4, 4.0))
-    ax = fig.subplots()
+    fig, ax = _figure()
     if complete:
         xs = [t.number for t in complete]
         ys = [t.value for t in complete]
@@ -193,7 +222,7 @@ def write_plots(study: optuna.Study, space: SearchSpace, out_dir: Path, metric: 
             running = y if running is None else (max(running, y) if maximize else min(running, y))
             best.append(running)
         ax.step(xs, best, where="post", color="C3", label="best so far")
-        seeded = [t for t in complete if t.user_attrs.get(SEED_ATTR)]
+        seeded = [t for t in complete if t.user_attrs.get(SEEDED)]
         if seeded:
             ax.scatter(
                 [t.number for t in seeded],
@@ -223,38 +252,74 @@ def write_plots(study: optuna.Study, space: SearchSpace, out_dir: Path, metric: 
     _log_if_wide(ax, [t.value for t in complete] + [v for _, v in pruned])
     ax.set(xlabel="trial", ylabel=metric, title=f"{study.study_name}: optimisation history")
     ax.legend(fontsize="small")
-    written.append(_save(fig, out_dir / "history.png"))
+    return fig
 
-    fig = Figure(figsize=(6.4, 4.0))
-    ax = fig.subplots()
+
+def alpha_figure(study: optuna.Study, space: SearchSpace, metric: str) -> Any:
+    """The metric against the alpha each complete trial trained with, with the seed and alpha_crit marked."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    seed = TheorySeed.from_attrs(study.user_attrs[STUDY_SEED]) if STUDY_SEED in study.user_attrs else None
+    fig, ax = _figure()
     points = [(space.values(t).get(space.alpha), t.value) for t in complete]
     points = [(a, v) for a, v in points if a is not None]
     ax.scatter([a for a, _ in points], [v for _, v in points], s=18, label="complete trial")
+    marks = [a for a, _ in points]
     if seed is not None:
         ax.axvline(seed.alpha, color="C2", linestyle="--", label=f"seed {seed.alpha:.3g} (mu = {seed.mu:.3g})")
+        marks.append(seed.alpha)
         if math.isfinite(seed.alpha_crit):
             ax.axvline(seed.alpha_crit, color="C3", linestyle=":", label=f"alpha_crit {seed.alpha_crit:.3g} (at init)")
+            marks.append(seed.alpha_crit)
     ax.set_xscale("log")
+    _log_ticks(ax.xaxis, marks)
     _log_if_wide(ax, [v for _, v in points])
-    ax.set(xlabel="alpha (lr)", ylabel=metric, title=f"{study.study_name}: alpha against {metric}")
+    ax.set(xlabel=f"alpha ({_short(space.alpha)})", ylabel=metric, title=f"{study.study_name}: alpha against {metric}")
     ax.legend(fontsize="small")
-    written.append(_save(fig, out_dir / "alpha.png"))
+    return fig
 
+
+def importances_figure(study: optuna.Study, space: SearchSpace) -> tuple[Any, str]:
+    """fANOVA importances of the searched parameters (alpha named as alpha), or ``None`` and why not."""
     try:
         importances = optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError) as exc:
-        notes.append(f"importance plot skipped: {exc}")
-    else:
-        if importances:
-            fig = Figure(figsize=(6.4, 1.2 + 0.4 * len(importances)))
-            ax = fig.subplots()
-            names = list(importances)[::-1]
-            ax.barh([_short(n) for n in names], [importances[n] for n in names])
-            ax.set(xlabel="importance (fANOVA)", title=f"{study.study_name}: parameter importances")
-            written.append(_save(fig, out_dir / "importances.png"))
-        else:
-            notes.append("importance plot skipped: no parameter varies across complete trials")
-    return written, notes
+        return None, str(exc)
+    if not importances:
+        return None, "no parameter varies across complete trials"
+    fig, ax = _figure(1.2 + 0.4 * len(importances))
+    names = list(importances)[::-1]
+    ax.barh([_label(n, space) for n in names], [importances[n] for n in names])
+    ax.set(xlabel="importance (fANOVA)", title=f"{study.study_name}: parameter importances")
+    return fig, ""
+
+
+def _label(name: str, space: SearchSpace) -> str:
+    """A parameter's name on a plot: alpha's ratio to the seed is shown as alpha, the way it was searched."""
+    if name == ALPHA_RATIO:
+        return f"{_short(space.alpha)} (alpha, x theory seed)"
+    return _short(name)
+
+
+def _log_ticks(axis: Any, values: list[float]) -> None:
+    """Readable ticks on a log axis over the data.
+
+    Over less than three decades Matplotlib labels the minor ticks of a log axis too, in scientific
+    notation, and the labels overwrite each other (alpha between 0.3 and 0.9, or 0.3 and 8). Such an
+    axis gets five plain labels spread geometrically over the data instead; a wider one keeps the decades
+    and loses the minor labels.
+    """
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    axis.set_minor_formatter(NullFormatter())
+    values = [v for v in values if v > 0 and math.isfinite(v)]
+    if not values or max(values) / min(values) >= 1000:
+        return
+    lo, hi = min(values), max(values)
+    if hi / lo < 1.05:
+        lo, hi = lo / 1.05, hi * 1.05
+    ticks = sorted({float(f"{lo * (hi / lo) ** (k / 4):.2g}") for k in range(5)})
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.2g}"))
 
 
 def _log_if_wide(ax: Any, values: list[float]) -> None:

@@ -12,7 +12,8 @@ A spec is one of
   inferred from the bounds when absent): a numeric range;
 * the compact string ``"1e-3..10"`` or ``"1e-3..10:log"`` (integers when both bounds are written as
   integers): the same;
-* a list ``[32, 64, 128]``: a categorical choice;
+* a list ``[32, 64, 128]``: a categorical choice (choices may be lists or mappings themselves:
+  ``[[64], [128, 64]]`` for layer sizes);
 * any other scalar: a fixed value, applied to every trial and not searched;
 * an :class:`optuna.distributions.BaseDistribution` (Python API only).
 
@@ -40,23 +41,17 @@ from optuna.distributions import (
 )
 
 from naggs_lightning.tune.errors import TuneError
+from naggs_lightning.tune.keys import ALPHA, ALPHA_RATIO
 from naggs_lightning.tune.seed import RelativeAlpha
 
 __all__ = [
     "SearchSpace",
-    "ALPHA_RATIO",
-    "ALPHA_ATTR",
     "DEFAULT_RANGES",
     "CONFIG_ALIASES",
     "CONFIG_ROOTS",
     "config_aliases",
     "parse_spec",
 ]
-
-#: The searched parameter of a seeded study: alpha over the theory's seed at the trial's mu and gamma.
-ALPHA_RATIO = "alpha/seed"
-#: The trial's user attribute holding the alpha it trained with, when alpha is searched as a ratio.
-ALPHA_ATTR = "naggs.alpha"
 
 #: Ranges searched when the user says nothing about alpha, mu or gamma (log scale: they are scales).
 DEFAULT_RANGES: dict[str, BaseDistribution] = {
@@ -184,6 +179,13 @@ def parse_spec(name: str, spec: Any) -> BaseDistribution | None:
         choices = tuple(_scalar(c) for c in spec)
         if not choices:
             raise TuneError(f"{name}: an empty list of choices")
+        if _structured(choices):
+            # Optuna's categorical choices are scalars: list- or mapping-valued choices (layer sizes,
+            # ``[[64], [128, 64]]``) are stored as their JSON text and decoded by SearchSpace.
+            texts = tuple(json.dumps(c, sort_keys=True) for c in choices)
+            if len(set(texts)) != len(texts):
+                raise TuneError(f"{name}: repeated choices in {list(choices)}")
+            return CategoricalDistribution(texts)
         bad = [c for c in choices if c is not None and not isinstance(c, (bool, int, float, str))]
         if bad:
             raise TuneError(f"{name}: choices must be numbers, strings, booleans or null, got {bad[0]!r}")
@@ -196,6 +198,10 @@ def parse_spec(name: str, spec: Any) -> BaseDistribution | None:
             low, high, scale = match.groups()
             return _range(name, low, high, log=scale == "log")
     return None
+
+
+def _structured(choices: tuple[Any, ...]) -> bool:
+    return any(isinstance(c, (list, tuple, Mapping)) for c in choices)
 
 
 def _contains(dist: BaseDistribution, value: Any) -> bool:
@@ -235,6 +241,8 @@ class SearchSpace:
     mu: str = "mu"
     gamma: str = "gamma"
     relative: RelativeAlpha | None = None
+    #: Categorical parameters whose choices are lists or mappings, stored in Optuna as JSON text.
+    structured: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any] | None, *, config: Mapping[str, Any] | None = None) -> SearchSpace:
@@ -253,6 +261,7 @@ class SearchSpace:
         roles = {role: resolve(role) for role in ("lr", "mu", "gamma")}
         distributions: dict[str, BaseDistribution] = {}
         fixed: dict[str, Any] = {}
+        structured: list[str] = []
         seen: dict[str, str] = {}
         for raw_name, raw_spec in spec.items():
             if not isinstance(raw_name, str) or not raw_name.strip():
@@ -271,16 +280,33 @@ class SearchSpace:
                 fixed[name] = _scalar(raw_spec)
             else:
                 distributions[name] = dist
+                if isinstance(raw_spec, (list, tuple)) and _structured(tuple(raw_spec)):
+                    structured.append(name)
         for role, name in roles.items():
             if name not in distributions and name not in fixed:
                 distributions[name] = DEFAULT_RANGES[role]
-        return cls(distributions, fixed, alpha=roles["lr"], mu=roles["mu"], gamma=roles["gamma"])
+        return cls(
+            distributions,
+            fixed,
+            alpha=roles["lr"],
+            mu=roles["mu"],
+            gamma=roles["gamma"],
+            structured=tuple(structured),
+        )
+
+    def decode(self, name: str, value: Any) -> Any:
+        """A parameter's value as the model takes it (a structured choice's JSON text decoded)."""
+        return json.loads(value) if name in self.structured else value
+
+    def encode(self, point: Mapping[str, Any]) -> dict[str, Any]:
+        """``point`` (values as the model takes them) as Optuna stores them, for ``enqueue_trial``."""
+        return {n: json.dumps(v, sort_keys=True) if n in self.structured else v for n, v in point.items()}
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         """Every parameter's value for ``trial`` (sampled, derived and fixed), keyed as the model needs them.
 
         With ``relative`` set, the derived alpha is also stored in the trial's user attribute
-        :data:`ALPHA_ATTR`.
+        :data:`ALPHA`.
         """
         params: dict[str, Any] = {}
         for name, dist in self.distributions.items():
@@ -289,20 +315,20 @@ class SearchSpace:
             elif isinstance(dist, IntDistribution):
                 params[name] = trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
             else:
-                params[name] = trial.suggest_categorical(name, dist.choices)
+                params[name] = self.decode(name, trial.suggest_categorical(name, dist.choices))
         params.update(self.fixed)
         if self.relative is not None:
             ratio = params.pop(ALPHA_RATIO)
             params[self.alpha] = self.relative.alpha(ratio, params[self.mu], params[self.gamma])
-            trial.set_user_attr(ALPHA_ATTR, params[self.alpha])
+            trial.set_user_attr(ALPHA, params[self.alpha])
         return params
 
     def values(self, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         """The searched values a finished trial trained with (alpha itself in place of its ratio)."""
-        params = dict(trial.params)
-        if ALPHA_RATIO in params and ALPHA_ATTR in trial.user_attrs:
+        params = {name: self.decode(name, value) for name, value in trial.params.items()}
+        if ALPHA_RATIO in params and ALPHA in trial.user_attrs:
             params.pop(ALPHA_RATIO)
-            params[self.alpha] = trial.user_attrs[ALPHA_ATTR]
+            params[self.alpha] = trial.user_attrs[ALPHA]
         return params
 
     def reference(self, configured: Mapping[str, Any]) -> dict[str, Any]:
@@ -314,12 +340,23 @@ class SearchSpace:
         point = {}
         for name, dist in self.distributions.items():
             value = _scalar(configured.get(name))
-            point[name] = value if _contains(dist, value) else centre(dist)
+            stored = self.encode({name: value})[name]
+            point[name] = self.decode(name, stored if _contains(dist, stored) else centre(dist))
         point.update(self.fixed)
         return point
 
     def contains(self, name: str, value: Any) -> bool:
         return _contains(self.distributions[name], value)
+
+    def pinned(self, name: str, value: Any) -> SearchSpace:
+        """This space with ``name`` fixed at ``value`` instead of searched."""
+        dists = {n: d for n, d in self.distributions.items() if n != name}
+        return replace(
+            self,
+            distributions=dists,
+            fixed={**self.fixed, name: value},
+            structured=tuple(n for n in self.structured if n != name),
+        )
 
     def seeded(self, relative: RelativeAlpha) -> SearchSpace:
         """This space with alpha searched relative to the theory's seed (alpha must be searched)."""
@@ -335,6 +372,7 @@ class SearchSpace:
                 "fixed": self.fixed,
                 "roles": [self.alpha, self.mu, self.gamma],
                 "relative": None if self.relative is None else asdict(self.relative),
+                "structured": list(self.structured),
             },
             sort_keys=True,
         )
@@ -345,7 +383,8 @@ class SearchSpace:
         dists = {n: json_to_distribution(json.dumps(d)) for n, d in data["distributions"].items()}
         alpha, mu, gamma = data["roles"]
         relative = None if data.get("relative") is None else RelativeAlpha(**data["relative"])
-        return cls(dists, data["fixed"], alpha=alpha, mu=mu, gamma=gamma, relative=relative)
+        structured = tuple(data.get("structured", ()))
+        return cls(dists, data["fixed"], alpha=alpha, mu=mu, gamma=gamma, relative=relative, structured=structured)
 
     def describe(self) -> list[tuple[str, str]]:
         """``(name, human-readable range)`` rows, searched parameters first."""
@@ -360,7 +399,7 @@ class SearchSpace:
                     )
                 )
             elif isinstance(dist, CategoricalDistribution):
-                rows.append((name, "one of " + ", ".join(map(repr, dist.choices))))
+                rows.append((name, "one of " + ", ".join(repr(self.decode(name, c)) for c in dist.choices)))
             else:
                 scale = "log" if dist.log else (f"step {dist.step:g}" if dist.step not in (None, 1) else "linear")
                 rows.append((name, f"{dist.low:.4g} .. {dist.high:.4g} ({scale})"))
