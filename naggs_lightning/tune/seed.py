@@ -39,7 +39,7 @@ guarantee; the study searches around it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from typing import Any
 
@@ -52,8 +52,16 @@ from naggs_lightning import theory
 from naggs_lightning.curvature import estimate_top_eigenvalue
 from naggs_lightning.optim import NAGGS
 from naggs_lightning.tune.errors import TuneError
+from naggs_lightning.tune.warmup import WarmupResult, warm_up_curvature
 
-__all__ = ["TheorySeed", "RelativeAlpha", "theory_seed", "estimate_curvature", "naggs_hyperparameters"]
+__all__ = [
+    "TheorySeed",
+    "RelativeAlpha",
+    "theory_seed",
+    "estimate_curvature",
+    "measure_curvature",
+    "naggs_hyperparameters",
+]
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,8 @@ class TheorySeed:
     alpha_theory: float
     alpha_crit: float
     alpha: float
+    warmup: WarmupResult | None = None
+    """How ``lambda_max`` was measured (``None``: at initialisation, without a warm-up)."""
 
     @property
     def all_stable(self) -> bool:
@@ -83,16 +93,19 @@ class TheorySeed:
     def describe(self) -> str:
         """One line: the estimate, the regime and the seed."""
         which = "alpha*(mu, 2 mu)" if self.all_stable else ("alpha*" if self.gamma == self.mu else "alpha_c")
-        return (
-            f"{self.regime}; seed alpha = {self.safety:g} x {which} = {self.alpha:.4g} "
+        where = "at initialisation" if self.warmup is None else "after the warm-up"
+        line = (
+            f"{self.regime} ({where}); seed alpha = {self.safety:.3g} x {which} = {self.alpha:.4g} "
             f"(mu = {self.mu:.4g}, gamma = {self.gamma:.4g})"
         )
+        return line if self.warmup is None else f"{line}; {self.warmup.describe()}"
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-safe attributes (``alpha_crit`` is ``None`` when infinite) for the study's user_attrs."""
         out = asdict(self)
         out["alpha_crit"] = None if math.isinf(self.alpha_crit) else self.alpha_crit
         out["regime"] = self.regime
+        out["warmup"] = None if self.warmup is None else self.warmup.to_attrs()
         return out
 
     @classmethod
@@ -100,7 +113,8 @@ class TheorySeed:
         fields = {k: attrs[k] for k in ("lambda_max", "mu", "gamma", "safety", "alpha_theory", "alpha_crit", "alpha")}
         if fields["alpha_crit"] is None:
             fields["alpha_crit"] = math.inf
-        return cls(**fields)
+        warmup = attrs.get("warmup")
+        return cls(**fields, warmup=None if warmup is None else WarmupResult.from_attrs(warmup))
 
 
 def theory_seed(lambda_max: float, mu: float, gamma: float, *, safety: float = 0.9) -> TheorySeed:
@@ -194,6 +208,43 @@ def estimate_curvature(
         raise TuneError("the training dataloader yields no batches: cannot estimate curvature")
     module.to(device)
     return max(float(estimate_top_eigenvalue(module, [batch], max_iter=max_iter, tol=tol)) for batch in batches)
+
+
+def _train_batches(module: LightningModule, datamodule: LightningDataModule | None) -> Any:
+    if datamodule is not None:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        return datamodule.train_dataloader()
+    return module.train_dataloader()
+
+
+def measure_curvature(
+    module: LightningModule,
+    datamodule: LightningDataModule | None,
+    mu: float,
+    *,
+    warmup_steps: int = 60,
+    n_batches: int = 2,
+    device: torch.device | str = "cpu",
+) -> WarmupResult:
+    """The curvature a run at ``mu`` will meet: :func:`~naggs_lightning.tune.warmup.warm_up_curvature`
+    on a copy of ``module`` over the training batches of ``datamodule`` (or of the module itself),
+    reading ``n_batches`` batches after ``warmup_steps`` steps (0: at initialisation)."""
+    loader = _train_batches(module, datamodule)
+    return warm_up_curvature(module, loader, mu, steps=warmup_steps, final_batches=n_batches, device=device)
+
+
+def warmed_up_seed(warmup: WarmupResult, gamma: float, *, safety: float = 0.9, fixed_gamma: bool = False) -> TheorySeed:
+    """The seed for the curvature after ``warmup`` at its mu, never above the warm-up's cap.
+
+    A warm-up that had to restart (its step threw the network into divergence or a dead, flat region)
+    caps the seed at half the step that failed: the safety factor is lowered to meet the cap, so every
+    trial's step, at every mu, keeps the same ratio to the theory's.
+    """
+    seed = theory_seed(warmup.lambda_max, warmup.mu, gamma if fixed_gamma else warmup.mu, safety=safety)
+    if seed.alpha > warmup.cap:
+        seed = theory_seed(seed.lambda_max, seed.mu, seed.gamma, safety=safety * warmup.cap / seed.alpha)
+    return replace(seed, warmup=warmup)
 
 
 @dataclass(frozen=True)

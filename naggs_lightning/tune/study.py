@@ -57,7 +57,13 @@ from naggs_lightning.tune.objective import (
     TrialParts,
 )
 from naggs_lightning.tune.report import SEED_ATTR, Reporter, results_table, write_best, write_plots
-from naggs_lightning.tune.seed import RelativeAlpha, TheorySeed, estimate_curvature, naggs_hyperparameters
+from naggs_lightning.tune.seed import (
+    RelativeAlpha,
+    TheorySeed,
+    measure_curvature,
+    naggs_hyperparameters,
+    warmed_up_seed,
+)
 from naggs_lightning.tune.space import ALPHA_RATIO, SearchSpace
 from naggs_lightning.tune.storage import DEFAULT_STORAGE, open_storage, redact
 
@@ -104,6 +110,7 @@ def _check_options(
     safety: float,
     seed_window: float,
     curvature_batches: int,
+    warmup_steps: int,
 ) -> None:
     if not (isinstance(safety, (int, float)) and 0.0 < safety <= 1.0):
         raise TuneError(f"safety must be in (0, 1], got {safety!r}")
@@ -115,6 +122,8 @@ def _check_options(
         ("seed_trials", seed_trials),
         ("curvature_batches", curvature_batches),
     )
+    if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
+        raise TuneError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
     for name, value in counts:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise TuneError(f"{name} must be an integer >= 1, got {value!r}")
@@ -160,6 +169,7 @@ def _seed_study(
     window: float,
     seed_trials: int,
     curvature_batches: int,
+    warmup_steps: int,
 ) -> tuple[TheorySeed | None, SearchSpace, list[dict[str, Any]], str]:
     """The seed, the space with alpha relative to it, the seeded trials' params, and a note."""
     alpha_dist = declared.distributions.get(declared.alpha)
@@ -175,11 +185,16 @@ def _seed_study(
     if isinstance(gamma_dist, FloatDistribution):
         # gamma = mu is the best (alpha, gamma) pair of the quadratic analysis; gamma relaxes to mu anyway.
         gamma = min(max(mu, gamma_dist.low), gamma_dist.high)
-    lam = estimate_curvature(
-        probe.model, probe.datamodule, n_batches=curvature_batches, device=probe.trainer.strategy.root_device
+    warmup = measure_curvature(
+        probe.model,
+        probe.datamodule,
+        mu,
+        warmup_steps=warmup_steps,
+        n_batches=curvature_batches,
+        device=probe.trainer.strategy.root_device,
     )
-    relative = RelativeAlpha(lam, safety, window, alpha_dist.low, alpha_dist.high, fixed_gamma)
-    seed = relative.seed(mu, gamma)
+    seed = warmed_up_seed(warmup, gamma, safety=safety, fixed_gamma=fixed_gamma)
+    relative = RelativeAlpha(seed.lambda_max, seed.safety, window, alpha_dist.low, alpha_dist.high, fixed_gamma)
     base = {name: reference[name] for name in declared.distributions if name != declared.alpha}
     if isinstance(gamma_dist, FloatDistribution):
         base[declared.gamma] = gamma
@@ -329,7 +344,8 @@ def run(
     safety: float = 0.9,
     seed_window: float = 10.0,
     seed_trials: int = 3,
-    curvature_batches: int = 4,
+    curvature_batches: int = 2,
+    warmup_steps: int = 60,
     output_dir: str | Path | None = None,
     heartbeat_interval: int = 10,
     console: Console | None = None,
@@ -358,9 +374,10 @@ def run(
         sampler, sampler_seed: ``"tpe"`` or ``"random"`` (or an Optuna sampler) and its seed.
         pruner: ``"median"``, ``"hyperband"``, ``"none"`` (or an Optuna pruner), on the metric
             reported after every validation run.
-        seed: seed the study from the theory (see :mod:`naggs_lightning.tune.seed`): estimate the
-            top Hessian eigenvalue at initialisation over ``curvature_batches`` training batches,
-            enqueue ``seed_trials`` trials at ``safety`` times the theory's step for the configured
+        seed: seed the study from the theory (see :mod:`naggs_lightning.tune.seed`): measure the
+            top Hessian eigenvalue after a ``warmup_steps``-step warm-up of a copy of the model at the
+            configured mu (:mod:`naggs_lightning.tune.warmup`; 0: at initialisation), the largest over
+            ``curvature_batches`` training batches, enqueue ``seed_trials`` trials at ``safety`` times the theory's step for the configured
             mu (then half, a quarter, ...), and search alpha as a multiple in
             ``[1 / seed_window, seed_window]`` of the theory's step for each trial's mu (and gamma, if fixed),
             cut to the user's alpha range (:class:`~naggs_lightning.tune.seed.RelativeAlpha`).
@@ -389,6 +406,7 @@ def run(
         safety=safety,
         seed_window=seed_window,
         curvature_batches=curvature_batches,
+        warmup_steps=warmup_steps,
     )
     if (config is None) == (model is None):
         raise TuneError("give either a config (LightningCLI recipe) or a model factory, not both and not neither")
@@ -437,6 +455,7 @@ def run(
                         window=seed_window,
                         seed_trials=seed_trials,
                         curvature_batches=curvature_batches,
+                        warmup_steps=warmup_steps,
                     )
                 )
                 if seed
