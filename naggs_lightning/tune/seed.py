@@ -93,7 +93,7 @@ class TheorySeed:
     def describe(self) -> str:
         """One line: the estimate, the regime and the seed."""
         which = "alpha*(mu, 2 mu)" if self.all_stable else ("alpha*" if self.gamma == self.mu else "alpha_c")
-        where = "at initialisation" if self.warmup is None else "after the warm-up"
+        where = "at initialisation" if self.warmup is None else "expected in the run"
         line = (
             f"{self.regime} ({where}); seed alpha = {self.safety:.3g} x {which} = {self.alpha:.4g} "
             f"(mu = {self.mu:.4g}, gamma = {self.gamma:.4g})"
@@ -235,13 +235,14 @@ def measure_curvature(
 
 
 def warmed_up_seed(warmup: WarmupResult, gamma: float, *, safety: float = 0.9, fixed_gamma: bool = False) -> TheorySeed:
-    """The seed for the curvature after ``warmup`` at its mu, never above the warm-up's cap.
+    """The seed for the curvature the run will meet (:attr:`WarmupResult.lambda_run`) at the warm-up's mu,
+    never above the warm-up's cap.
 
     A warm-up that had to restart (its step threw the network into divergence or a dead, flat region)
     caps the seed at half the step that failed: the safety factor is lowered to meet the cap, so every
     trial's step, at every mu, keeps the same ratio to the theory's.
     """
-    seed = theory_seed(warmup.lambda_max, warmup.mu, gamma if fixed_gamma else warmup.mu, safety=safety)
+    seed = theory_seed(warmup.lambda_run, warmup.mu, gamma if fixed_gamma else warmup.mu, safety=safety)
     if seed.alpha > warmup.cap:
         seed = theory_seed(seed.lambda_max, seed.mu, seed.gamma, safety=safety * warmup.cap / seed.alpha)
     return replace(seed, warmup=warmup)
