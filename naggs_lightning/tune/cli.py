@@ -27,6 +27,7 @@ from rich.console import Console
 from naggs_lightning.tune.errors import TuneError
 from naggs_lightning.tune.storage import DEFAULT_STORAGE
 from naggs_lightning.tune.study import PRUNERS, SAMPLERS, run
+from naggs_lightning.tune.warmup import CURVATURE_BATCHES, WARMUP_STEPS
 
 __all__ = ["main", "build_parser"]
 
@@ -96,11 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="seeded trials to enqueue: alpha = seed, seed/2, seed/4, ... (default: 3)",
     )
     add(
+        "--warmup-steps",
+        type=int,
+        default=WARMUP_STEPS,
+        help="steps of the seed's warm-up on a copy of the model, after which the curvature is read; 0 reads it "
+        f"at initialisation (default: {WARMUP_STEPS})",
+    )
+    add(
         "--curvature-batches",
         type=int,
-        default=4,
-        help="training batches probed at initialisation; the seed uses the largest top Hessian eigenvalue "
-        "among them (default: 4)",
+        default=CURVATURE_BATCHES,
+        help="training batches probed after the warm-up; the seed uses the largest top Hessian eigenvalue "
+        f"among them (default: {CURVATURE_BATCHES})",
     )
     add(
         "--heartbeat-interval",
@@ -167,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             seed_window=args.seed_window,
             seed_trials=args.seed_trials,
             curvature_batches=args.curvature_batches,
+            warmup_steps=args.warmup_steps,
             output_dir=args.output_dir or Path("naggs-tune-out") / study_name,
             heartbeat_interval=args.heartbeat_interval,
             console=console,

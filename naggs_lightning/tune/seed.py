@@ -52,7 +52,7 @@ from naggs_lightning import theory
 from naggs_lightning.curvature import estimate_top_eigenvalue
 from naggs_lightning.optim import NAGGS
 from naggs_lightning.tune.errors import TuneError
-from naggs_lightning.tune.warmup import WarmupResult, warm_up_curvature
+from naggs_lightning.tune.warmup import CURVATURE_BATCHES, WARMUP_STEPS, WarmupResult, warm_up_curvature
 
 __all__ = [
     "TheorySeed",
@@ -223,8 +223,8 @@ def measure_curvature(
     datamodule: LightningDataModule | None,
     mu: float,
     *,
-    warmup_steps: int = 60,
-    n_batches: int = 2,
+    warmup_steps: int = WARMUP_STEPS,
+    n_batches: int = CURVATURE_BATCHES,
     device: torch.device | str = "cpu",
 ) -> WarmupResult:
     """The curvature a run at ``mu`` will meet: :func:`~naggs_lightning.tune.warmup.warm_up_curvature`

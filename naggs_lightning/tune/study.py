@@ -66,6 +66,7 @@ from naggs_lightning.tune.seed import (
 )
 from naggs_lightning.tune.space import ALPHA_RATIO, SearchSpace
 from naggs_lightning.tune.storage import DEFAULT_STORAGE, open_storage, redact
+from naggs_lightning.tune.warmup import CURVATURE_BATCHES, WARMUP_STEPS
 
 __all__ = ["run", "PRUNERS", "SAMPLERS"]
 
@@ -344,8 +345,8 @@ def run(
     safety: float = 0.9,
     seed_window: float = 10.0,
     seed_trials: int = 3,
-    curvature_batches: int = 2,
-    warmup_steps: int = 60,
+    curvature_batches: int = CURVATURE_BATCHES,
+    warmup_steps: int = WARMUP_STEPS,
     output_dir: str | Path | None = None,
     heartbeat_interval: int = 10,
     console: Console | None = None,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -40,12 +41,19 @@ from naggs_lightning.curvature import estimate_top_eigenvalue
 from naggs_lightning.optim import NAGGS
 from naggs_lightning.tune.errors import TuneError
 
-__all__ = ["CurvatureReading", "WarmupResult", "warm_up_curvature"]
+__all__ = ["CurvatureReading", "WarmupResult", "warm_up_curvature", "WARMUP_STEPS", "CURVATURE_BATCHES"]
+
+#: Default warm-up length in optimizer steps: on the design tasks (a deep digits CNN, a 1-D signal CNN)
+#: the top eigenvalue rose 10-30x within the first 40-60 steps.
+WARMUP_STEPS = 60
+#: Default number of batches read after the warm-up (the largest top eigenvalue is kept).
+CURVATURE_BATCHES = 2
 
 
 @dataclass(frozen=True)
 class CurvatureReading:
-    """The top eigenvalue of one batch's Hessian at one step of the warm-up, and the step then used."""
+    """The top eigenvalue of one batch's Hessian and that batch's loss at one step of the warm-up, and
+    the step the next stage used."""
 
     step: int
     lambda_max: float
@@ -60,7 +68,8 @@ class WarmupResult:
     mu: float
     readings: tuple[CurvatureReading, ...]
     final: tuple[float, ...]
-    """Top eigenvalues of ``final_batches`` batches' Hessians after the warm-up."""
+    """Top eigenvalues of ``final_batches`` batches' Hessians after the warm-up (at initialisation if
+    ``steps`` is 0)."""
     steps: int
     seconds: float
     restarts: tuple[str, ...] = ()
@@ -79,12 +88,16 @@ class WarmupResult:
 
     @property
     def growth(self) -> float:
-        """How many times the curvature grew during the warm-up (after over before)."""
+        """How many times the curvature grew during the warm-up (after over before; 1 without a warm-up)."""
+        if not self.steps:
+            return 1.0
         return self.lambda_max / self.lambda_init if self.lambda_init > 0 else math.inf
 
     @property
     def lambda_run(self) -> float:
-        """The curvature the run will meet: the reading after the warm-up, times ``min(growth, 2)`` (>= 1).
+        """The curvature the run will meet: the reading after the warm-up times ``min(growth, 2)`` (>= 1),
+        and never less than any reading along the warm-up (a trial starts from the initialisation; a
+        convex loss flattens as it trains).
 
         A network still sharpening at the end of the warm-up keeps doing so for a while: after the
         60-step warm-up the top eigenvalue rose by another 1.2-3x in the next hundred steps on the
@@ -92,7 +105,8 @@ class WarmupResult:
         edge of the reading itself ended at chance there. A model whose curvature did not grow (a
         quadratic, a convex loss) keeps its reading.
         """
-        return self.lambda_max * min(max(self.growth, 1.0), _HEADROOM)
+        seen = max(self.lambda_max, *(r.lambda_max for r in self.readings))  # trials start at initialisation
+        return max(seen, self.lambda_max * min(max(self.growth, 1.0), _HEADROOM))
 
     def describe(self) -> str:
         ramp = ", ".join(f"{r.lambda_max:.3g} at step {r.step} (alpha {r.alpha:.3g})" for r in self.readings)
@@ -149,14 +163,14 @@ def warm_up_curvature(
     batches: Iterable[Any],
     mu: float,
     *,
-    steps: int = 60,
+    steps: int = WARMUP_STEPS,
     stages: int = 3,
     growth: float = 20.0,
     margin: float = 4.0,
     safety: float = 0.9,
-    final_batches: int = 2,
-    max_iter: int = 10,
-    tol: float = 1e-2,
+    final_batches: int = CURVATURE_BATCHES,
+    max_iter: int = 20,
+    tol: float = 1e-3,
     device: torch.device | str = "cpu",
 ) -> WarmupResult:
     """Warm a copy of ``module`` up in ``stages`` stages of ``steps / stages`` steps; read curvature along it.
@@ -172,7 +186,8 @@ def warm_up_curvature(
         margin: each later stage's step is stable for ``margin`` times the curvature read so far (>= 1).
         safety: factor in (0, 1] on each stage's theory step.
         final_batches: batches whose top eigenvalue is read after the warm-up (the largest is kept).
-        max_iter, tol: Lanczos iterations and relative tolerance of each reading.
+        max_iter, tol: Lanczos iterations and relative tolerance of the readings after the warm-up (those
+            along it only choose the next stage's step, and stop at 8 iterations or 1 %).
         device: where the copy trains.
     """
     if not (math.isfinite(mu) and mu > 0.0):
@@ -194,9 +209,10 @@ def warm_up_curvature(
         source = _cycle(batches)
         for _ in range(_MAX_RESTARTS + 1):
             model = copy.deepcopy(module).to(device)
-            readings, failed = _ramp(model, source, mu, bounds, growth, margin, safety, cap, max_iter, tol, device)
-            final = tuple(_read(model, _to(next(source), device), max_iter, tol) for _ in range(final_batches))
-            if failed is None and steps and max(final) < _COLLAPSE * max(r.lambda_max for r in readings):
+            readings, failed = _ramp(model, source, mu, bounds, growth, margin, safety, cap, device)
+            after = [_read(model, _to(next(source), device), max_iter, tol) for _ in range(final_batches)]
+            final = tuple(lam for lam, _ in after)
+            if failed is None and steps and _collapsed(readings, max(final), statistics.fmean(l for _, l in after)):
                 failed = (readings[-1].alpha, f"the curvature fell to {max(final):.3g} after the warm-up")
             if failed is None:
                 break
@@ -208,15 +224,20 @@ def warm_up_curvature(
                 "the model does not train with NAG-GS at this mu; pin another mu or run without the seed"
             )
     if not steps:  # no warm-up: the reading at initialisation is the first final one
-        readings = [CurvatureReading(0, final[0], 0.0, float("nan"))]
+        readings = [CurvatureReading(0, final[0], 0.0, after[0][1])]
     return WarmupResult(
         float(mu), tuple(readings), final, steps, time.perf_counter() - start, tuple(restarts), cap
     )
 
 
-#: A reading below this share of the largest one so far means the step threw the network into a flat,
-#: dead region (a catapult that did not recover): measured on a 1-D CNN at mu = 0.1, where it ended at chance.
+#: A reading below this share of the largest one so far, with the loss not below ``_STALLED`` times
+#: the first reading's, means the step threw the network into a flat, dead region (a catapult that
+#: did not recover): measured on a 1-D CNN at mu = 0.1, where the loss stayed at ln 5 and the run ended
+#: at chance. A loss that fell (a convex loss flattening as it fits) is progress, not a collapse.
 _COLLAPSE = 0.5
+_STALLED = 0.9
+#: Lanczos iterations and tolerance of the readings along the warm-up.
+_STAGE_READ = (8, 1e-2)
 #: The most further growth :attr:`WarmupResult.lambda_run` allows for after the warm-up.
 _HEADROOM = 2.0
 _MAX_RESTARTS = 3
@@ -231,8 +252,6 @@ def _ramp(
     margin: float,
     safety: float,
     cap: float,
-    max_iter: int,
-    tol: float,
     device: torch.device | str,
 ) -> tuple[list[CurvatureReading], tuple[float, str] | None]:
     """Train ``model`` through the stages; the readings, and (alpha, why) if a stage diverged or collapsed."""
@@ -244,14 +263,16 @@ def _ramp(
         if bounds[j] == bounds[j + 1]:
             continue
         batch = _to(next(source), device)
-        lam = _read(model, batch, max_iter, tol)
-        if readings and lam < _COLLAPSE * worst:
-            return readings, (readings[-1].alpha, f"the curvature fell from {worst:.3g} to {lam:.3g} at step {bounds[j]}")
+        lam, at = _read(model, batch, *_STAGE_READ)
+        if _collapsed(readings, lam, at):
+            return readings, (
+                readings[-1].alpha,
+                f"the curvature fell from {worst:.3g} to {lam:.3g} at step {bounds[j]} while the loss stalled",
+            )
         worst = max(worst, lam)
         alpha = min(_stage_alpha(worst, mu, growth if j == 0 else margin, safety), cap)
         for group in optimizer.param_groups:
             group["lr"] = alpha
-        loss = float("nan")
         for k in range(bounds[j], bounds[j + 1]):
             if k > bounds[j]:
                 batch = _to(next(source), device)
@@ -259,10 +280,9 @@ def _ramp(
             optimizer.zero_grad(set_to_none=True)
             loss_t.backward()
             optimizer.step()
-            loss = float(loss_t.detach())
-            if not math.isfinite(loss):
+            if not math.isfinite(float(loss_t.detach())):
                 return readings, (alpha, f"the loss went non-finite at step {k}")
-        readings.append(CurvatureReading(bounds[j], lam, alpha, loss))
+        readings.append(CurvatureReading(bounds[j], lam, alpha, at))
     return readings, None
 
 
@@ -280,8 +300,19 @@ def _loss(model: nn.Module, batch: Any) -> torch.Tensor:
     return out["loss"] if isinstance(out, dict) else out
 
 
-def _read(model: nn.Module, batch: Any, max_iter: int, tol: float) -> float:
+def _collapsed(readings: list[CurvatureReading], lam: float, loss: float) -> bool:
+    """Whether curvature ``lam`` with batch loss ``loss`` is a collapse after ``readings`` (see ``_COLLAPSE``)."""
+    if not readings:
+        return False
+    worst = max(r.lambda_max for r in readings)
+    return lam < _COLLAPSE * worst and not loss < _STALLED * readings[0].loss
+
+
+def _read(model: nn.Module, batch: Any, max_iter: int, tol: float) -> tuple[float, float]:
+    """The top eigenvalue of ``batch``'s Hessian and the batch's loss."""
     lam = float(estimate_top_eigenvalue(model, [batch], max_iter=max_iter, tol=tol))
-    if not math.isfinite(lam):
-        raise TuneError(f"the curvature reading is {lam}: the loss or its gradient is not finite")
-    return lam
+    with torch.no_grad():
+        loss = float(_loss(model, batch))
+    if not (math.isfinite(lam) and math.isfinite(loss)):
+        raise TuneError(f"the curvature reading is {lam} at loss {loss}: the loss or its gradient is not finite")
+    return lam, loss
