@@ -3,22 +3,29 @@ r"""A short warm-up that measures the curvature a training run will meet, not th
 Networks sharpen: the top Hessian eigenvalue of a minibatch's loss grows 10-30x within the first
 hundred steps (THEORY.md section 2c), so a step computed from the curvature at initialisation is
 computed for a model the run leaves. The warm-up trains a *copy* of the model with NAG-GS at the
-trial's mu (gamma = mu) in a few stages and reads the top eigenvalue of one batch's Hessian before
-each stage. Each stage's step is the theory's step for ``margin`` times the largest curvature read so
-far,
+trial's mu (gamma = mu) in ``stages`` stages (60 steps in 3 by default) and reads the top eigenvalue
+of one batch's Hessian before each stage. Each stage's step is the theory's step (gamma = mu) for a
+multiple ``m`` of the largest curvature read so far, :math:`L_j = \max_{i \le j} \lambda_i`,
 
 .. math::
 
     \alpha_j = s\,\min\bigl(\alpha^*(\mu, \max(m L_j, 2\mu)),\ \alpha_{\rm crit}(\mu, \mu, m L_j)\bigr),
-    \qquad L_j = \max_{i \le j} \lambda_i ,
 
-so the step is stable by construction for curvature up to ``m`` times what has been measured: the
-ramp starts small where curvature is small, and is cut back as soon as the network sharpens (a ramp
-that stops when the measured sharpness approaches the step's edge, as in an lr range test that reads
-curvature instead of the loss). What the seed must avoid is divergence, or a catapult into a flat,
-dead region, *before* the network has self-stabilised; a step that stays under the edge of what has
-been measured, with room for growth, does neither. The curvature the run will meet is then the
-largest top eigenvalue over ``final_batches`` batches after the warm-up.
+with ``m = growth`` (20) for the first stage, which starts where networks sharpen fastest, and
+``m = margin`` (4) after it. The step is stable by construction for curvature up to ``m`` times what
+has been measured: a ramp that is cut back as soon as the measured sharpness approaches its edge (an
+lr range test that reads curvature instead of the loss). What the seed must avoid is divergence, or a
+catapult into a flat, dead region, *before* the network self-stabilises (at the edge of stability
+sharpness settles at ``lambda_stab(alpha)``; that is normal). If a stage diverges anyway, or the
+curvature collapses (falls below half of the largest reading while the loss stalls), the warm-up
+starts again from the initialisation with every step at most half the one that failed, and the seed
+inherits that cap.
+
+After the warm-up the first batch is read again, with ``final_batches - 1`` more. The curvature the run
+will meet, :attr:`WarmupResult.lambda_run`, is the largest of those readings times the growth seen on
+the first batch (capped at 2: a network still sharpening keeps doing so for a while), and never below
+a reading along the warm-up (trials start from the initialisation). A quadratic does not grow and keeps
+its reading exactly.
 
 The copy, its optimizer and the global RNG state are discarded afterwards: the trials are untouched.
 """
@@ -207,10 +214,14 @@ def warm_up_curvature(
     cap = math.inf
     with torch.random.fork_rng(devices=[]):
         source = _cycle(batches)
+        # The first batch is read at initialisation and again after the warm-up: growth compares one
+        # batch with itself, so batch-to-batch spread is not mistaken for sharpening.
+        first = _to(next(source), device)
         for _ in range(_MAX_RESTARTS + 1):
             model = copy.deepcopy(module).to(device)
-            readings, failed = _ramp(model, source, mu, bounds, growth, margin, safety, cap, device)
-            after = [_read(model, _to(next(source), device), max_iter, tol) for _ in range(final_batches)]
+            readings, failed = _ramp(model, first, source, mu, bounds, growth, margin, safety, cap, (max_iter, tol), device)
+            ends = [first] + [_to(next(source), device) for _ in range(final_batches - 1)]
+            after = [_read(model, batch, max_iter, tol) for batch in ends]
             final = tuple(lam for lam, _ in after)
             if failed is None and steps and _collapsed(readings, max(final), statistics.fmean(l for _, l in after)):
                 failed = (readings[-1].alpha, f"the curvature fell to {max(final):.3g} after the warm-up")
@@ -245,6 +256,7 @@ _MAX_RESTARTS = 3
 
 def _ramp(
     model: nn.Module,
+    first: Any,
     source: Iterator[Any],
     mu: float,
     bounds: list[int],
@@ -252,9 +264,12 @@ def _ramp(
     margin: float,
     safety: float,
     cap: float,
+    accurate: tuple[int, float],
     device: torch.device | str,
 ) -> tuple[list[CurvatureReading], tuple[float, str] | None]:
-    """Train ``model`` through the stages; the readings, and (alpha, why) if a stage diverged or collapsed."""
+    """Train ``model`` through the stages from batch ``first`` on; the readings, and (alpha, why) if a stage
+    diverged or collapsed. The reading at initialisation is ``accurate`` (Lanczos iterations, tolerance):
+    growth is measured against it."""
     model.train()
     optimizer = NAGGS([p for p in model.parameters() if p.requires_grad], lr=1.0, mu=mu, gamma=mu)
     readings: list[CurvatureReading] = []
@@ -262,8 +277,8 @@ def _ramp(
     for j in range(len(bounds) - 1):
         if bounds[j] == bounds[j + 1]:
             continue
-        batch = _to(next(source), device)
-        lam, at = _read(model, batch, *_STAGE_READ)
+        batch = first if j == 0 else _to(next(source), device)
+        lam, at = _read(model, batch, *(accurate if j == 0 else _STAGE_READ))
         if _collapsed(readings, lam, at):
             return readings, (
                 readings[-1].alpha,
