@@ -113,7 +113,12 @@ class WarmupResult:
         quadratic, a convex loss) keeps its reading.
         """
         seen = max(self.lambda_max, *(r.lambda_max for r in self.readings))  # trials start at initialisation
-        return max(seen, self.lambda_max * min(max(self.growth, 1.0), _HEADROOM))
+        return max(seen, self.lambda_max * self.headroom)
+
+    @property
+    def headroom(self) -> float:
+        """The further growth :attr:`lambda_run` allows for: ``min(growth, 2)``, at least 1."""
+        return min(max(self.growth, 1.0), _HEADROOM)
 
     def describe(self) -> str:
         ramp = ", ".join(f"{r.lambda_max:.3g} at step {r.step} (alpha {r.alpha:.3g})" for r in self.readings)
@@ -122,7 +127,7 @@ class WarmupResult:
             f"warm-up of {self.steps} NAG-GS steps at mu = gamma = {self.mu:.4g} on a copy of the model "
             f"({self.seconds:.2f} s); top eigenvalue of one batch's Hessian: {ramp}; "
             f"after it, on {len(self.final)} batches: {after} ({self.growth:.3g}x the reading at "
-            f"initialisation; the seed allows for {self.lambda_run / self.lambda_max:.3g}x more)"
+            f"initialisation; the seed allows for {self.headroom:.3g}x more)"
             + "".join(f"; {r}" for r in self.restarts)
         )
 
@@ -221,9 +226,11 @@ def warm_up_curvature(
             model = copy.deepcopy(module).to(device)
             readings, failed = _ramp(model, first, source, mu, bounds, growth, margin, safety, cap, (max_iter, tol), device)
             ends = [first] + [_to(next(source), device) for _ in range(final_batches - 1)]
-            after = [_read(model, batch, max_iter, tol) for batch in ends]
+            after = [_read(model, batch, max_iter, tol) for batch in ends] if failed is None else []
             final = tuple(lam for lam, _ in after)
-            if failed is None and steps and _collapsed(readings, max(final), statistics.fmean(l for _, l in after)):
+            if failed is None and steps and not all(math.isfinite(lam) and math.isfinite(l) for lam, l in after):
+                failed = (readings[-1].alpha, "the loss went non-finite after the warm-up")
+            elif failed is None and steps and _collapsed(readings, max(final), statistics.fmean(l for _, l in after)):
                 failed = (readings[-1].alpha, f"the curvature fell to {max(final):.3g} after the warm-up")
             if failed is None:
                 break
@@ -235,6 +242,7 @@ def warm_up_curvature(
                 "the model does not train with NAG-GS at this mu; pin another mu or run without the seed"
             )
     if not steps:  # no warm-up: the reading at initialisation is the first final one
+        _check_finite(*after)
         readings = [CurvatureReading(0, final[0], 0.0, after[0][1])]
     return WarmupResult(
         float(mu), tuple(readings), final, steps, time.perf_counter() - start, tuple(restarts), cap
@@ -279,6 +287,10 @@ def _ramp(
             continue
         batch = first if j == 0 else _to(next(source), device)
         lam, at = _read(model, batch, *(accurate if j == 0 else _STAGE_READ))
+        if not readings:
+            _check_finite((lam, at))
+        elif not (math.isfinite(lam) and math.isfinite(at)):
+            return readings, (readings[-1].alpha, f"the loss went non-finite by step {bounds[j]}")
         if _collapsed(readings, lam, at):
             return readings, (
                 readings[-1].alpha,
@@ -324,10 +336,18 @@ def _collapsed(readings: list[CurvatureReading], lam: float, loss: float) -> boo
 
 
 def _read(model: nn.Module, batch: Any, max_iter: int, tol: float) -> tuple[float, float]:
-    """The top eigenvalue of ``batch``'s Hessian and the batch's loss."""
-    lam = float(estimate_top_eigenvalue(model, [batch], max_iter=max_iter, tol=tol))
+    """The top eigenvalue of ``batch``'s Hessian and the batch's loss (either may be non-finite)."""
     with torch.no_grad():
         loss = float(_loss(model, batch))
-    if not (math.isfinite(lam) and math.isfinite(loss)):
-        raise TuneError(f"the curvature reading is {lam} at loss {loss}: the loss or its gradient is not finite")
-    return lam, loss
+    if not math.isfinite(loss):
+        return math.nan, loss
+    return float(estimate_top_eigenvalue(model, [batch], max_iter=max_iter, tol=tol)), loss
+
+
+def _check_finite(*readings: tuple[float, float]) -> None:
+    for lam, loss in readings:
+        if not (math.isfinite(lam) and math.isfinite(loss)):
+            raise TuneError(
+                f"at initialisation the loss is {loss} and the top Hessian eigenvalue {lam}: "
+                "the model's loss or its gradient is not finite before any step"
+            )
