@@ -21,7 +21,9 @@ the seed's reasoning for the first sampler seed, and the time the seed took agai
 Tasks (configured as recipes; mu configured as a user would, 0.1 for the networks):
 
 * ``quadratic``: least squares, Hessian spectrum linspace(0.01, 10, 20), full batch, mu at the true 0.01.
-* ``digits_mlp``: a 64-128-10 ReLU MLP on scikit-learn digits, batch 64, 3 epochs.
+* ``quadratic_sgd``: the same spectrum, 2000 rows in minibatches of 200, 10 epochs.
+* ``digits_logreg``: logistic regression on scikit-learn digits, the paper's setting (mu 1), batch 64, 3 epochs.
+* ``digits_mlp``: a 64-128-10 ReLU MLP on digits, batch 64, 3 epochs.
 * ``digits_cnn``: :class:`~naggs_lightning.tasks.DeepDigitsCNN` (4 convolutions), batch 64, 10 epochs.
 * ``signal_cnn``: :class:`~naggs_lightning.tasks.SignalCNN` on generated 1-D waveforms, batch 100, 12 epochs.
 * ``transformer``: :class:`~naggs_lightning.tasks.SequenceTransformer` sorting 12 tokens of 16 symbols,
@@ -67,6 +69,32 @@ TASKS: dict[str, dict[str, Any]] = {
             },
             "optimizer": {"class_path": "naggs_lightning.NAGGS", "init_args": {"lr": 0.1, "mu": 0.01, "gamma": 0.01}},
             "trainer": {"max_epochs": 150, "check_val_every_n_epoch": 25, "num_sanity_val_steps": 0},
+        },
+    },
+    "quadratic_sgd": {
+        "metric": "val_loss",
+        "chance": None,
+        "config": {
+            "model": {"class_path": "naggs_lightning.tasks.LeastSquares", "init_args": {"dim": 20}},
+            "data": {
+                "class_path": "naggs_lightning.tasks.QuadraticDataModule",
+                "init_args": {"dim": 20, "mu": 0.01, "L": 10.0, "n_samples": 2000, "batch_size": 200, "noise": 0.1},
+            },
+            "optimizer": {"class_path": "naggs_lightning.NAGGS", "init_args": {"lr": 0.1, "mu": 0.01, "gamma": 0.01}},
+            "trainer": {"max_epochs": 10},
+        },
+    },
+    "digits_logreg": {
+        "metric": "val_acc",
+        "chance": 0.1,
+        "config": {
+            "model": {
+                "class_path": "naggs_lightning.tasks.LogisticRegression",
+                "init_args": {"in_features": 64, "num_classes": 10},
+            },
+            "data": _DIGITS,
+            "optimizer": {"class_path": "naggs_lightning.NAGGS", "init_args": {"lr": 0.5, "mu": 1.0, "gamma": 1.0}},
+            "trainer": {"max_epochs": 3},
         },
     },
     "digits_mlp": {
