@@ -13,8 +13,9 @@ background load hits both alike. Two measurements of the overhead (target: <= 3 
   the same run. Background load slows both alike, so this ratio stays steady; it is the number the
   default ``every_n_steps`` was chosen with.
 
-Besides its probes the callback checks the loss every batch and keeps two flat parameter snapshots
-before each scheduled probe (the update cosine).
+Besides its probes (the top eigenvalue by warm-started Lanczos, then one more product for the batch
+sharpness; HVP/probe counts the Lanczos products) the callback checks the loss every batch and keeps two
+flat parameter snapshots before each scheduled probe (the update cosine).
 
     python benchmarks/monitor_overhead.py                     # both tasks, 3000 steps, 3 repeats
     python benchmarks/monitor_overhead.py --steps 5000 --repeats 5 --every-n-steps 100

@@ -1,7 +1,10 @@
-"""Draw the figures of the theory page from naggs_lightning.theory (run by the docs build)."""
+"""Draw the documentation's figures: the theory page's from naggs_lightning.theory, the monitor page's
+from the data that benchmarks/edge_of_stability.py measured (docs/data/edge_of_stability.json).
+Run by the docs build, into the build folder's _static/."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -37,11 +40,46 @@ def spectral_radius_figure(path: Path, mu: float = 1.0, kappas=(10.0, 100.0, 100
     plt.close(fig)
 
 
+EDGE_OF_STABILITY_DATA = Path(__file__).parent / "data" / "edge_of_stability.json"
+
+
+def edge_of_stability_figure(path: Path) -> None:
+    """lambda_max / edge over full-batch training (NAG-GS at several alpha, SGD-momentum), the loss, and what
+    settles at the edge with minibatches, from the data ``benchmarks/edge_of_stability.py`` wrote."""
+    data = json.loads(EDGE_OF_STABILITY_DATA.read_text())
+    fig, (ax_ratio, ax_loss, ax_mb) = plt.subplots(1, 3, figsize=(14, 4.2))
+    for name, curve in data["curves"].items():
+        style = "-" if name.startswith("NAGGS") else "--"
+        ax_ratio.plot(curve["steps"], curve["ratio"], style, label=f"{name} (plateau {curve['plateau']:.2f})")
+        ax_loss.plot(curve["steps"], curve["loss"], style, label=name)
+    ax_ratio.axhline(1.0, color="k", lw=0.8)
+    ax_ratio.set_xlabel("step (full batch)")
+    ax_ratio.set_ylabel("lambda_max / edge")
+    ax_ratio.set_title("edge: lambda_stab(alpha) for NAG-GS, (2 + 2 beta)/eta for SGD", fontsize=9)
+    ax_ratio.legend(fontsize=7)
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step (full batch)")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_title("the loss keeps falling at the edge", fontsize=9)
+    for (size, curve), color in zip(data["minibatch"].items(), ("tab:blue", "tab:orange")):
+        for key, style in (("batch_lambda_max", "-"), ("batch_sharpness", ":"), ("full_lambda_max", "--")):
+            ax_mb.plot(curve["steps"], curve[key], style, color=color, label=f"batch {size}: {key.replace('_', ' ')}")
+    ax_mb.axhline(1.0, color="k", lw=0.8)
+    ax_mb.set_xlabel("step (minibatch)")
+    ax_mb.set_ylabel("curvature / lambda_stab(1.2)")
+    ax_mb.set_title("NAG-GS alpha 1.2 with minibatches", fontsize=9)
+    ax_mb.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(out_dir: str | Path) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spectral_radius_figure(out / "spectral_radius.png")
+    edge_of_stability_figure(out / "edge_of_stability.png")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "_static")
+    main(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "_build" / "figures")

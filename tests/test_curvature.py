@@ -19,12 +19,16 @@ from torch import nn
 
 from naggs_lightning.curvature import (
     HessianOperator,
+    NonFiniteCurvatureError,
     bottom_eigenvalue,
+    estimate_batch_sharpness,
     estimate_bottom_eigenvalue,
     estimate_top_eigenvalue,
     extreme_eigenpair,
     hutchinson_trace,
     hvp,
+    probe_batch,
+    rayleigh_quotient,
     top_eigenvalue,
 )
 
@@ -334,3 +338,83 @@ def test_invalid_arguments(digits):
         detached = module.compute_loss(digits)
     with pytest.raises(ValueError, match="no graph"):
         top_eigenvalue(detached, params)
+
+
+class MatrixOperator:
+    """A plain symmetric matrix behind the solvers' operator interface (no autograd, no parameters)."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        self.matrix = matrix
+        self.numel = matrix.shape[0]
+        self.device = matrix.device
+        self.dtype = matrix.dtype
+
+    def __call__(self, vec: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ vec
+
+
+@pytest.mark.parametrize("algorithm", ["lanczos", "power"])
+def test_solvers_need_only_the_operator_interface(algorithm):
+    gen = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(40, 40, generator=gen, dtype=torch.float64))
+    spectrum = torch.cat(
+        [torch.tensor([5.0, 3.0, -4.5], dtype=torch.float64), torch.linspace(-1, 1, 37, dtype=torch.float64)]
+    )
+    op = MatrixOperator(q @ torch.diag(spectrum) @ q.T)
+    top = extreme_eigenpair(op, algorithm=algorithm, tol=1e-8, max_iter=200)
+    bottom = extreme_eigenpair(op, which="smallest", algorithm=algorithm, tol=1e-8, max_iter=200)
+    assert top.eigenvalue == pytest.approx(5.0, rel=1e-4)
+    assert bottom.eigenvalue == pytest.approx(-4.5, rel=1e-4)
+    direction = torch.randn(40, generator=gen, dtype=torch.float64)
+    assert rayleigh_quotient(op, direction) == pytest.approx(
+        float(direction @ op.matrix @ direction / (direction @ direction))
+    )
+
+
+def test_batch_sharpness_is_the_curvature_along_the_batch_gradient(problem, digits):
+    _, module, hess, spectrum = problem
+    loss = module.compute_loss(digits)
+    g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, list(module.parameters()))]).double()
+    expected = float((g @ hess @ g / (g @ g)).detach())
+    sharpness = estimate_batch_sharpness(module, digits)
+    assert sharpness == pytest.approx(expected, rel=1e-4)
+    assert sharpness <= spectrum[-1].item() * (1 + 1e-6)  # a Rayleigh quotient never exceeds lambda_max
+
+
+def test_non_finite_parameters_or_loss_raise_a_clear_error(digits):
+    module = Classifier(hidden=8)
+    x, y = digits
+    bad_x = x.clone()
+    bad_x[0, 0] = float("nan")
+    with pytest.raises(NonFiniteCurvatureError, match="the loss is nan"):
+        top_eigenvalue(module.compute_loss((bad_x, y)), module.parameters())
+    with pytest.raises(NonFiniteCurvatureError, match="the loss is nan"):
+        estimate_top_eigenvalue(module, [(bad_x, y)])
+    with pytest.raises(NonFiniteCurvatureError, match="the loss is nan"):
+        estimate_batch_sharpness(module, (bad_x, y))
+    with torch.no_grad():
+        module.net[2].weight[0, 0] = float("inf")
+    with pytest.raises(
+        NonFiniteCurvatureError, match=r"1 of 4 parameter tensors hold NaN or inf \(first: #2 \(10, 8\)\)"
+    ):
+        top_eigenvalue(lambda: module.compute_loss(digits), module.parameters())
+    with pytest.raises(NonFiniteCurvatureError, match="parameter tensors hold NaN or inf"):
+        estimate_top_eigenvalue(module, [digits])
+    assert issubclass(NonFiniteCurvatureError, ValueError)
+
+
+def test_a_non_finite_product_raises_instead_of_failing_in_eigh():
+    op = MatrixOperator(torch.tensor([[1.0, 0.0], [0.0, float("nan")]], dtype=torch.float64))
+    for algorithm in ("lanczos", "power"):
+        with pytest.raises(NonFiniteCurvatureError, match="non-finite product"):
+            extreme_eigenpair(op, algorithm=algorithm)
+
+
+def test_probe_batch_reads_the_top_eigenvalue_sharpness_and_loss_from_one_graph(problem, digits):
+    _, module, _, spectrum = problem
+    probe = probe_batch(module, digits, tol=1e-6, max_iter=50)
+    assert probe.eigen.eigenvalue == pytest.approx(spectrum[-1].item(), rel=1e-4)
+    assert probe.batch_sharpness == pytest.approx(estimate_batch_sharpness(module, digits), rel=1e-6)
+    assert probe.loss == pytest.approx(float(module.compute_loss(digits)), rel=1e-6)
+    warm = probe_batch(module, digits, tol=1e-3, init=probe.eigen.vector)
+    assert warm.eigen.n_matvecs <= 2  # warm-started from the eigenvector

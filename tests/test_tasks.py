@@ -134,7 +134,7 @@ def test_least_squares_full_batch_follows_naggs_on_the_exact_quadratic_and_logs_
 )
 def test_quadratic_data_have_exactly_the_chosen_hessian(kwargs, spectrum):
     data = QuadraticDataModule(n_samples=50, **kwargs)
-    x = data._train.tensors[0].double().numpy()
+    x = torch.cat([features for features, _ in data.train_dataloader()]).double().numpy()
     np.testing.assert_allclose(np.linalg.eigvalsh(x.T @ x / len(x)), spectrum, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.linalg.eigvalsh(data.hessian), spectrum, atol=1e-12)
     np.testing.assert_array_equal(data.eigenvalues, spectrum)

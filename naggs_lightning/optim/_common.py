@@ -11,12 +11,24 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 
+# Keys that torch's Optimizer.__setstate__ adds to ``defaults`` for its own optimizers; they are not
+# hyper-parameters of ours, and copying them into the groups would make save -> load -> save change the
+# state dict.
+_TORCH_DEFAULT_KEYS = frozenset({"differentiable"})
+
+
 class CheckedOptimizer(Optimizer):
     """An Optimizer whose param groups are validated as they are added (also those added after
-    construction) and that fills keys missing from an older pickle with the defaults."""
+    construction) and again at every step (a scheduler or a user may have edited them), and that fills
+    hyper-parameters missing from an older pickle with the defaults."""
+
+    def _check_hyperparameters(self, group: dict[str, Any]) -> None:
+        """Check one group's hyper-parameters; cheap, since ``step`` calls it for every group."""
+        raise NotImplementedError
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Everything checked when a group is added: by default its hyper-parameters."""
+        self._check_hyperparameters(group)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -26,7 +38,8 @@ class CheckedOptimizer(Optimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             for key, value in self.defaults.items():
-                group.setdefault(key, value)
+                if key not in _TORCH_DEFAULT_KEYS:
+                    group.setdefault(key, value)
 
 
 def closure_loss(closure: Callable[[], Any] | None) -> Any:
@@ -40,8 +53,10 @@ def closure_loss(closure: Callable[[], Any] | None) -> Any:
 def check_lr(lr: float | Tensor) -> float:
     """The lr as a float; a clear error when it is not a finite, non-negative real number."""
     if isinstance(lr, Tensor):
-        if lr.numel() != 1 or lr.is_complex():
-            raise TypeError(f"lr must be a real number or a one-element real tensor, got shape {tuple(lr.shape)}")
+        if lr.is_complex() or not lr.is_floating_point():
+            raise TypeError(f"lr must be a real number or a one-element floating-point tensor, got {lr.dtype}")
+        if lr.numel() != 1:
+            raise ValueError(f"lr must be a number or a one-element tensor, got a tensor of shape {tuple(lr.shape)}")
         value = float(lr.detach())
     elif isinstance(lr, (int, float)) and not isinstance(lr, bool):
         value = float(lr)
@@ -61,6 +76,12 @@ def check_reals(group: dict[str, Any], checks: Iterable[tuple[str, Callable[[flo
         if not math.isfinite(value) or not ok(value):
             raise ValueError(f"{name} must be {allowed}, got {value}")
         group[name] = float(value)
+
+
+def step_lr(lr: float | Tensor) -> float | Tensor:
+    """The lr one step computes with (already checked): a float, or a 0-d view of a one-element tensor,
+    since the foreach kernels take only 0-d tensors as scalars."""
+    return lr.reshape(()) if isinstance(lr, Tensor) else float(lr)
 
 
 def gather(

@@ -33,6 +33,7 @@ from naggs_lightning.optim._common import (
     default_foreach,
     gather,
     real_views,
+    step_lr,
 )
 
 __all__ = ["NAGGS", "naggs"]
@@ -44,7 +45,7 @@ _DOC_MATH = r"""
     .. math::
 
         \gamma &\leftarrow \frac{\gamma + \alpha\mu}{1 + \alpha}
-            \qquad\text{(skipped when ``fixed_gamma``)} \\
+            \qquad\text{(not when fixed_gamma is set)} \\
         v &\leftarrow \frac{\gamma v + \alpha\mu x - \alpha g}{\gamma + \alpha\mu}
             = v + c\,\bigl(\mu (x - v) - g\bigr), \quad c = \frac{\alpha}{\gamma + \alpha\mu} \\
         x &\leftarrow \frac{x + \alpha v}{1 + \alpha}
@@ -66,11 +67,14 @@ class NAGGS(CheckedOptimizer):
     Args:
         params: parameters or param groups to optimise. Each group may hold its own ``lr``, ``mu`` and
             ``gamma``.
-        lr: the step size alpha (>= 0), a float or a 0-d tensor. A tensor lr (and gamma, which then
-            becomes a tensor too) keeps per-step scalars out of the Python code, so ``torch.compile``d
-            steps do not recompile as a scheduler changes it; it runs on the foreach path. Schedulers act on it. Stable steps and the optimal one follow from
-            the curvature: see :func:`naggs_lightning.theory.alpha_opt` and
-            :func:`~naggs_lightning.theory.alpha_crit`, or let ``SpectralStabilityMonitor`` watch it.
+        lr: the step size alpha (>= 0): a float, or a one-element tensor. A tensor lr (with it gamma
+            becomes a tensor too) keeps the per-step scalars out of Python, so a step compiled with
+            ``torch.compile`` does not recompile as a scheduler changes lr; it runs on the foreach path
+            by default (the fused kernel takes its coefficients as Python floats, so ``fused=True``
+            reads a tensor lr back to the host once per group and step). Schedulers act on either.
+            Stable steps and the optimal one follow from the curvature: see
+            :func:`naggs_lightning.theory.alpha_opt` and :func:`naggs_lightning.theory.alpha_crit`,
+            or let ``SpectralStabilityMonitor`` watch it.
         mu: the curvature floor (>= 0; 0 is legal). It is **not** weight decay: it caps the effective step
             at ``1/mu`` (for large alpha NAG-GS tends to gradient descent with step ``1/mu``) and reshapes
             the momentum.
@@ -79,14 +83,20 @@ class NAGGS(CheckedOptimizer):
             authors' public PyTorch ``NAGGS`` class computes, since it never stores the updated gamma).
         weight_decay: decoupled (AdamW-style) weight decay (>= 0): before the update both the parameter
             and its v-buffer are multiplied by ``1 - lr * weight_decay``, so the whole state shrinks
-            towards zero without the decay entering the gradient.
+            towards zero without the decay entering the gradient. Early in a run the decay can dominate:
+            the buffer starts at zero (``v_0 = x_0``), so the gradient moves the parameters by only
+            about ``alpha**2 * k**2 / (2 * gamma) * g`` in the first ``k`` steps while the decay moves
+            them by ``k * lr * weight_decay * x``; at ``lr = 1e-3`` and ``weight_decay = 0.1`` the
+            decay is the larger term for the first few dozen steps.
         maximize: maximise the objective instead of minimising it.
         foreach: use the multi-tensor path (``torch._foreach_*``). ``None`` picks it whenever every
             parameter is a dense tensor on a CPU or CUDA device.
 
         fused: use the one-pass fused kernel (CUDA: fp16, bf16, fp32, fp64; CPU: fp32, fp64, because
             torch's CPU kernel mishandles bf16/fp16). ``None`` picks it wherever it is supported, else
-            ``foreach``. Set at most one of ``foreach`` and ``fused``.
+            ``foreach``. Set at most one of ``foreach`` and ``fused``. Parameters on the ``meta``
+            device are accepted (build on meta, ``to_empty()``, then step); the dtype and device are
+            checked again when a fused step runs.
 
     State: one buffer ``momentum_buffer = x - v`` per parameter (zero on its first step, as
     ``v_0 = x_0``; ``v`` is ``p - state["momentum_buffer"]``), and, per param group, the current ``gamma`` (kept in the group, so ``state_dict`` saves it in full
@@ -131,15 +141,14 @@ class NAGGS(CheckedOptimizer):
         )
         super().__init__(params, defaults)
 
+    def _check_hyperparameters(self, group: dict[str, Any]) -> None:
+        _validate_group(group)
+
     def _check_group(self, group: dict[str, Any]) -> None:
+        check_lr(group["lr"])  # a tensor too: reading it once, when the group is added, costs nothing
         _validate_group(group)
         if group["fused"]:
-            for p in group["params"]:
-                if not _fused_supported(p):
-                    raise RuntimeError(
-                        f"fused=True supports {_FUSED_DTYPES} parameters, got {p.dtype} on {p.device.type}; "
-                        "use foreach=True"
-                    )
+            _check_fused(group["params"], allow_meta=True)
         if isinstance(group["lr"], Tensor):
             # A tensor lr asks for a step with no Python float that changes per step (torch.compile,
             # CUDA graphs): gamma becomes a tensor beside it, so neither one recompiles a graph.
@@ -156,10 +165,11 @@ class NAGGS(CheckedOptimizer):
         loss = closure_loss(closure)
         for group in self.param_groups:
             # w = x - v starts at zero, since v_0 = x_0
+            _validate_group(group)
             params, grads, bufs = gather(self, group, "momentum_buffer", torch.zeros_like)
             if not params:
                 continue
-            lr = group["lr"] if isinstance(group["lr"], Tensor) else check_lr(group["lr"])
+            lr = step_lr(group["lr"])
             if not group["fixed_gamma"]:
                 group["gamma"] = (group["gamma"] + lr * group["mu"]) / (1.0 + lr)
             naggs(
@@ -177,17 +187,22 @@ class NAGGS(CheckedOptimizer):
         return loss
 
 
+_REAL_CHECKS = (
+    ("mu", lambda x: x >= 0.0, "finite and >= 0"),
+    ("weight_decay", lambda x: x >= 0.0, "finite and >= 0"),
+)
+_GAMMA_CHECK = (("gamma", lambda x: x > 0.0, "finite and > 0"),)
+
+
 def _validate_group(group: dict[str, Any]) -> None:
-    """Check one param group's hyper-parameters; the message names the parameter and its range."""
-    check_lr(group["lr"])
-    check_reals(
-        group,
-        (
-            ("mu", lambda x: x >= 0.0, "finite and >= 0"),
-            ("gamma", lambda x: x > 0.0, "finite and > 0"),
-            ("weight_decay", lambda x: x >= 0.0, "finite and >= 0"),
-        ),
-    )
+    """Check one param group's hyper-parameters; the message names the parameter and its range.
+
+    A tensor lr and the tensor gamma that goes with it are not read back (that would sync a device at
+    every step); a float set on the group after construction, by hand or by a scheduler, is checked.
+    """
+    if not isinstance(group["lr"], Tensor):
+        check_lr(group["lr"])
+    check_reals(group, _REAL_CHECKS if isinstance(group["gamma"], Tensor) else _REAL_CHECKS + _GAMMA_CHECK)
 
 
 # torch's CPU fused SGD kernel corrupts bf16/fp16 buffers in its vectorised loop (seen in torch 2.13:
@@ -200,6 +215,15 @@ _FUSED_DTYPES = {
 
 def _fused_supported(p: Tensor) -> bool:
     return not p.is_sparse and p.dtype in _FUSED_DTYPES.get(p.device.type, ())
+
+
+def _check_fused(params: Iterable[Tensor], *, allow_meta: bool = False) -> None:
+    """Refuse parameters the fused kernel cannot update; meta parameters wait for their real device."""
+    for p in params:
+        if not (_fused_supported(p) or (allow_meta and p.is_meta)):
+            raise RuntimeError(
+                f"fused=True supports {_FUSED_DTYPES} parameters, got {p.dtype} on {p.device.type}; use foreach=True"
+            )
 
 
 def naggs(
@@ -220,8 +244,8 @@ def naggs(
     ``gamma`` is the already-updated gamma of this step (``NAGGS.step`` advances it first). See
     :class:`NAGGS` for the mathematics and the arguments.
     """
-    if isinstance(lr, Tensor) and fused:
-        raise RuntimeError("fused=True needs a float lr (torch's fused kernel takes float momentum); use foreach")
+    if fused:
+        _check_fused(params)
     if fused is None and foreach is None:
         fused = (
             not isinstance(lr, Tensor)
@@ -277,6 +301,8 @@ def _multi_tensor_naggs(params, grads, bufs, *, lr, mu, gamma, weight_decay, max
 
 
 def _fused_naggs(params, grads, bufs, *, lr, mu, gamma, weight_decay, maximize) -> None:
+    # The kernel takes momentum and dampening as Python floats, and both follow from lr and gamma.
+    lr, gamma = float(lr), float(gamma)
     momentum, c = _coefficients(lr, mu, gamma)
     shrink = 1.0 - lr * weight_decay
     grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, bufs])

@@ -1,0 +1,87 @@
+r"""Detector: where the top curvature sits against the optimizer's edge, and when that means divergence.
+
+Networks trained with a fixed step sharpen until :math:`\lambda_{max}` reaches the edge of the step and then
+stay there while the loss keeps falling (Cohen et al. 2021; Damian et al. 2022 explain the
+self-stabilisation). So the ratio :math:`r = \lambda_{max} / \text{edge}` is read in three zones:
+
+* ``"below"``: :math:`r < 1 - \text{band}`.
+* ``"edge"``: :math:`1 - \text{band} \le r < \text{divergence\_ratio}`: the edge of stability, normal. Measured
+  plateaus on digits (``benchmarks/edge_of_stability.py``) sit at 0.98-1.07 (full batch) and reach 1.4
+  transiently while the run settles; a catapult recovers from up to about 2x the edge (Lewkowycz et al. 2020).
+* ``"past"``: :math:`r \ge \text{divergence\_ratio}`. Diverging only *together with* a sign that the
+  iteration runs away: the loss rose over the last step on the probed batch, or the updates reverse direction
+  (cosine below the oscillation threshold). A non-finite loss is handled on its own, every batch.
+
+A loss spike while :math:`r \ge 1` and the probed batch's loss still rising is divergence too: a model without
+self-stabilisation (a linear model, whose Hessian is constant) diverges slowly from just past its edge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+__all__ = ["EdgeOfStabilityDetector", "Zone"]
+
+Zone = Literal["below", "edge", "past"]
+
+
+class EdgeOfStabilityDetector:
+    """Classifies each probe's edge ratio; reports reaching the edge once, and decides divergence.
+
+    Args:
+        band: the edge zone starts at ``1 - band`` times the edge.
+        divergence_ratio: the ratio from which a divergence sign means divergence.
+    """
+
+    def __init__(self, band: float, divergence_ratio: float) -> None:
+        if not 0.0 <= band < 1.0:
+            raise ValueError(f"edge_band must be in [0, 1), got {band!r}")
+        if not (divergence_ratio > 1.0 and math.isfinite(divergence_ratio)):
+            raise ValueError(f"divergence_ratio must be finite and > 1, got {divergence_ratio!r}")
+        self.band = band
+        self.divergence_ratio = divergence_ratio
+        self.reached = False
+        self.diverging = False
+
+    def zone(self, ratio: float) -> Zone:
+        """Which zone an edge ratio ``lambda_max / edge`` lies in."""
+        if ratio >= self.divergence_ratio:
+            return "past"
+        return "edge" if ratio >= 1.0 - self.band else "below"
+
+    def check_reached(self, ratio: float) -> tuple[bool, str | None]:
+        """``(should_report, message)``: true the first time the run reaches the edge (information, not a warning)."""
+        if self.reached or self.zone(ratio) == "below":
+            return False, None
+        self.reached = True
+        if self.zone(ratio) == "past":
+            return True, (
+                f"the top Hessian eigenvalue is {ratio:.2f}x the stability edge of the step, past the "
+                f"{self.divergence_ratio:g}x from which a run rarely settles back; the monitor probes again within a "
+                "few steps and warns if the loss rises or the updates oscillate."
+            )
+        return True, (
+            f"the top Hessian eigenvalue reached the stability edge of the step ({ratio:.2f}x). Networks trained "
+            "with a fixed step normally sharpen to this edge and keep training there (the edge of stability), "
+            "the loss falling non-monotonically; a step somewhat past it usually lowers the curvature again. "
+            f"Not divergence: the monitor warns if the curvature is past {self.divergence_ratio:g}x the edge while "
+            "the loss rises or the updates oscillate, or if the loss is not finite."
+        )
+
+    def check(self, ratio: float, signs: Sequence[str], spiking: bool = False) -> tuple[bool, str | None]:
+        """``(diverging, reason)`` for a probe: past the edge together with at least one divergence sign, or at
+        least at the edge with the loss spiking and still rising (``spiking`` with a sign)."""
+        past = self.zone(ratio) == "past" or (spiking and ratio >= 1.0)
+        self.diverging = past and bool(signs)
+        if not self.diverging:
+            return False, None
+        spike = " after a loss spike" if spiking and self.zone(ratio) != "past" else ""
+        return True, f"the top Hessian eigenvalue is {ratio:.2f}x the stability edge{spike} and " + "; ".join(signs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reached": self.reached, "diverging": self.diverging}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reached, self.diverging = state["reached"], state["diverging"]

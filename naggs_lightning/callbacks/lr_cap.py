@@ -1,0 +1,101 @@
+r"""Acting on divergence: cap a param group's lr, and lift the cap when the step it protects is safe again.
+
+The rule (documented in ``docs/monitor.md`` and tested):
+
+* A cap is set, or lowered, only at a probe that finds the run **diverging**
+  (:class:`~naggs_lightning.callbacks.edge.EdgeOfStabilityDetector`): ``safety_factor`` times the group's
+  stable limit at the measured curvature (:math:`\alpha_{crit}` for NAG-GS). Reaching the edge never caps:
+  a network re-sharpens to the edge of each new step, so a cap set there would only ratchet the step down.
+* A cap is **lifted** at a probe whose curvature is below the edge of the asked-for lr: the step the cap
+  protects would then be stable even by the quadratic theory. If it diverges again, it is capped again.
+* While a cap holds, ``lr = min(asked-for lr, cap)`` before each step; the asked-for lr is whatever the user
+  or a scheduler last set, so a scheduler keeps working underneath the cap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from naggs_lightning.callbacks.groups import GroupStability, curvature_edge
+
+__all__ = ["LrCap"]
+
+
+class LrCap:
+    """The lr caps of the param groups, keyed ``"optimizer_index/group_index"``."""
+
+    def __init__(self, safety_factor: float) -> None:
+        if not 0.0 < safety_factor <= 1.0:
+            raise ValueError(f"safety_factor must be in (0, 1], got {safety_factor!r}")
+        self.safety_factor = safety_factor
+        self.caps: dict[str, float] = {}
+        self.requested: dict[str, float] = {}  # the lr the user or a scheduler asked for, under a cap
+        self._applied: dict[str, float] = {}  # the lr this object last wrote
+
+    def update(self, rows: Sequence[GroupStability], lam: float, diverging: bool) -> list[str]:
+        """The rule at one probe: lower the caps of diverging groups (at or past their edge), lift the caps
+        whose asked-for step is safe again, impose the caps in force. Returns what was lifted, in words."""
+        lifted = []
+        for row in rows:
+            if diverging and row.metrics.get("edge_ratio", 0.0) >= 1.0:
+                self.lower(row.key, row.limit)
+            elif row.key in self.caps:
+                edge = curvature_edge(row.optimizer, row.group, self.asked_for(row.key, row.group))
+                lift, reason = self.check_lift(row.key, lam, edge)
+                if lift:
+                    lifted.append(reason)
+                    self.lift(row.key, row.group)
+            if row.key in self.caps:
+                self.apply(row.key, row.group)
+                row.metrics["lr_cap"] = self.caps[row.key]
+        return lifted
+
+    def lower(self, key: str, limit: float) -> None:
+        """Cap (or lower the cap of) a diverging group at ``safety_factor`` times its stable limit."""
+        if math.isfinite(limit) and limit > 0:
+            self.caps[key] = min(self.caps.get(key, math.inf), self.safety_factor * limit)
+
+    def check_lift(self, key: str, lam: float, requested_edge: float) -> tuple[bool, str | None]:
+        """``(should_lift, reason)``: lift when the curvature is below the edge of the asked-for lr."""
+        if key not in self.caps or not lam < requested_edge:
+            return False, None
+        return True, (
+            f"the curvature {lam:.4g} is below the edge {requested_edge:.4g} of the asked-for lr "
+            f"{self.requested.get(key, math.nan):.4g}: lr cap {self.caps[key]:.4g} lifted"
+        )
+
+    def lift(self, key: str, group: dict[str, Any]) -> None:
+        """Remove a cap and give the group its asked-for lr back."""
+        _set_lr(group, self.asked_for(key, group))
+        del self.caps[key]
+        self.requested.pop(key, None)
+        self._applied.pop(key, None)
+
+    def asked_for(self, key: str, group: dict[str, Any]) -> float:
+        """The lr the user or a scheduler asked for (the group's lr when this object did not write it)."""
+        lr = float(group["lr"])
+        return self.requested.get(key, lr) if self._applied.get(key) == lr else lr
+
+    def apply(self, key: str, group: dict[str, Any]) -> None:
+        """lr = min(asked-for lr, cap). An lr that differs from what was last written here was set by the user
+        or a scheduler since: it becomes the asked-for lr."""
+        self.requested[key] = self.asked_for(key, group)
+        _set_lr(group, min(self.requested[key], self.caps[key]))
+        self._applied[key] = float(group["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"caps": dict(self.caps), "requested": dict(self.requested), "applied": dict(self._applied)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.caps, self.requested, self._applied = dict(state["caps"]), dict(state["requested"]), dict(state["applied"])
+
+
+def _set_lr(group: dict[str, Any], value: float) -> None:
+    if isinstance(group["lr"], Tensor):
+        group["lr"].fill_(value)  # keep a tensor lr a tensor (torch.compile, capturable optimizers)
+    else:
+        group["lr"] = value

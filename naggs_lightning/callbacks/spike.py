@@ -1,0 +1,58 @@
+"""Detector: a loss spike, the cheap sign that brings a curvature probe forward."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from typing import Any
+
+__all__ = ["SpikeDetector"]
+
+
+class SpikeDetector:
+    """A loss above ``factor`` times the running median that also rises above it by ``min_rise`` times the
+    run's loss scale (the highest running median so far, usually the initial loss).
+
+    The second condition keeps the heavy-tailed batch-to-batch noise of a nearly fitted model (0.002 one
+    batch, 0.02 the next) from counting. Only positive losses: ratios mean nothing for log-likelihoods of
+    densities. The median needs ``window // 2`` losses first.
+    """
+
+    def __init__(self, factor: float, min_rise: float, window: int) -> None:
+        if not (factor > 1.0 and math.isfinite(factor)):
+            raise ValueError(f"spike_factor must be finite and > 1 (or None), got {factor!r}")
+        if not (min_rise >= 0.0 and math.isfinite(min_rise)):
+            raise ValueError(f"spike_min_rise must be finite and >= 0, got {min_rise!r}")
+        if not isinstance(window, int) or isinstance(window, bool) or window < 3:
+            raise ValueError(f"spike_window must be an integer >= 3, got {window!r}")
+        self.factor = factor
+        self.min_rise = min_rise
+        self.losses: deque[float] = deque(maxlen=window)
+        self.scale = 0.0
+        self.active = False
+
+    def check(self, loss: float) -> tuple[bool, str | None]:
+        """``(should_act, reason)``: act at the first loss of a spike; the loss joins the window either way."""
+        start, reason = False, None
+        if len(self.losses) >= max(3, self.losses.maxlen // 2):
+            median = statistics.median(self.losses)
+            self.scale = max(self.scale, median)
+            spike = median > 0 and loss > self.factor * median and loss - median > self.min_rise * self.scale
+            start = spike and not self.active
+            if start:
+                reason = (
+                    f"loss spike: {loss:.4g} is {loss / median:.1f}x the median {median:.4g} "
+                    f"of the last {len(self.losses)} losses"
+                )
+            self.active = spike
+        self.losses.append(loss)
+        return start, reason
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": list(self.losses), "scale": self.scale, "active": self.active}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.losses = deque(state["losses"], maxlen=self.losses.maxlen)
+        self.scale = state["scale"]
+        self.active = state["active"]
