@@ -255,6 +255,7 @@ def main() -> None:
         )
         curves: dict[str, list[list[float]]] = {kind: [] for kind in args.studies}
         bad: dict[str, int] = {kind: 0 for kind in args.studies}
+        n_seeded: dict[str, int] = {kind: 0 for kind in args.studies}
         trial_s: list[float] = []
         seed_s: list[float] = []
         for seed in args.seeds:
@@ -265,8 +266,13 @@ def main() -> None:
                 values = _values(study)
                 curves[kind].append([_best_after(values, k, maximize) for k in ks])
                 if kind.startswith("seeded"):
-                    seeded = [v for t, v in zip(study.trials, values) if t.user_attrs.get("naggs.seeded")]
+                    seeded = [
+                        v
+                        for t, v in zip(study.trials, values)
+                        if t.user_attrs.get("naggs.seeded") and t.state.is_finished()  # not a queued one
+                    ]
                     bad[kind] += sum(v is None or (chance is not None and v <= chance + 0.02) for v in seeded)
+                    n_seeded[kind] += len(seeded)
                     info = study.user_attrs["naggs.seed"]
                     if kind == "seeded":
                         trial_s += _seconds(study)
@@ -279,10 +285,12 @@ def main() -> None:
                             print(f"      warm-up readings {ramp}; after: {', '.join(f'{v:.3g}' for v in w['final'])}")
                             for why in w.get("restarts", []):
                                 print(f"      {why}")
-                        print(f"      seeded trials: {', '.join('failed' if v is None else f'{v:.4g}' for v in seeded)}")
-                print(f"   seed {seed} {kind:<12} " + " ".join(f"{v:.4g}" for v in curves[kind][-1]) + f"  ({elapsed:.0f} s)", flush=True)
+                        shown = ", ".join("failed" if v is None else f"{v:.4g}" for v in seeded)
+                        print(f"      seeded trials: {shown}")
+                curve = " ".join(f"{v:.4g}" for v in curves[kind][-1])
+                print(f"   seed {seed} {kind:<12} {curve}  ({elapsed:.0f} s)", flush=True)
         print(f"\n{name}: median [min, max] over {len(args.seeds)} sampler seeds of the best {metric} after k trials")
-        print(f"| study | " + " | ".join(f"k = {k}" for k in ks) + " |")
+        print("| study | " + " | ".join(f"k = {k}" for k in ks) + " |")
         print("|---|" + "---:|" * len(ks))
         for kind in args.studies:
             cells = []
@@ -293,16 +301,16 @@ def main() -> None:
         for kind in args.studies:
             if kind.startswith("seeded"):
                 print(
-                    f"{kind}: {bad[kind]} of {len(args.seeds) * 3} seeded trials diverged or ended within 0.02 of chance"
+                    f"{kind}: {bad[kind]} of {n_seeded[kind]} seeded trials diverged or ended within 0.02 of chance"
                     if chance is not None
                     else f"{kind}: {bad[kind]} seeded trials failed"
                 )
         if trial_s and seed_s:
-            mean_trial = statistics.fmean(trial_s)
+            mean_trial, seed_median = statistics.fmean(trial_s), statistics.median(seed_s)
             print(
-                f"seed measurement {statistics.median(seed_s):.2f} s (median) against a mean trial of {mean_trial:.2f} s: "
-                f"{statistics.median(seed_s) / mean_trial:.1%} of a trial, "
-                f"{statistics.median(seed_s) / (mean_trial * args.budget):.1%} of the study",
+                f"seed measurement {seed_median:.2f} s (median) against a mean trial of {mean_trial:.2f} s: "
+                f"{seed_median / mean_trial:.1%} of a trial, "
+                f"{seed_median / (mean_trial * args.budget):.1%} of the study",
                 flush=True,
             )
 

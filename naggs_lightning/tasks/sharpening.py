@@ -4,7 +4,8 @@ The top Hessian eigenvalue of these models at initialisation is a fraction of wh
 hundred steps later (THEORY.md section 2c), so a step computed at initialisation is computed for a
 model the run soon leaves. Each trains in a few seconds on one CPU core.
 
-* :class:`DeepDigitsCNN` on :class:`~naggs_lightning.tasks.DigitsDataModule`: four 3x3 convolutions without normalisation, cross-entropy.
+* :class:`DeepDigitsCNN` on :class:`~naggs_lightning.tasks.DigitsDataModule`: four 3x3 convolutions
+  without normalisation, cross-entropy.
 * :class:`SignalCNN` on :class:`SignalDataModule`: a 1-D CNN classifying generated noisy waveforms.
 """
 
@@ -18,7 +19,7 @@ from torch.utils.data import TensorDataset
 
 from naggs_lightning.tasks.base import ClassificationTask, SplitDataModule
 
-__all__ = ["DeepDigitsCNN", "SignalDataModule", "SignalCNN"]
+__all__ = ["DeepDigitsCNN", "SignalCNN", "SignalDataModule"]
 
 
 class DeepDigitsCNN(ClassificationTask):

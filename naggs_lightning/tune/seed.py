@@ -1,7 +1,8 @@
 r"""The theory seed: the NAG-GS step the quadratic analysis recommends for the model's own curvature.
 
-With :math:`L` the top Hessian eigenvalue of the loss at initialisation (estimated over a few training
-batches), mu and gamma the optimizer's, the seed is
+With :math:`L` the top Hessian eigenvalue the run will meet (measured after a short warm-up of a copy of
+the model, :mod:`naggs_lightning.tune.warmup`; at initialisation with ``warmup_steps=0``), mu and gamma
+the optimizer's, the seed is
 
 .. math::
 
@@ -40,27 +41,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from itertools import islice
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.utilities import move_data_to_device
 from optuna.distributions import FloatDistribution
 
 from naggs_lightning import theory
-from naggs_lightning.curvature import estimate_top_eigenvalue
 from naggs_lightning.optim import NAGGS
 from naggs_lightning.tune.errors import TuneError
-from naggs_lightning.tune.warmup import CURVATURE_BATCHES, WARMUP_STEPS, WarmupResult, warm_up_curvature
+from naggs_lightning.tune.warmup import (
+    CURVATURE_BATCHES,
+    WARMUP_STEPS,
+    WarmupResult,
+    warm_up_curvature,
+)
 
 __all__ = [
-    "TheorySeed",
     "RelativeAlpha",
-    "theory_seed",
-    "estimate_curvature",
+    "TheorySeed",
     "measure_curvature",
     "naggs_hyperparameters",
+    "theory_seed",
+    "warmed_up_seed",
 ]
 
 
@@ -172,42 +175,6 @@ def naggs_hyperparameters(module: LightningModule) -> tuple[float, float, bool] 
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
     return None
-
-
-def estimate_curvature(
-    module: LightningModule,
-    datamodule: LightningDataModule | None,
-    *,
-    n_batches: int = 4,
-    device: torch.device | str = "cpu",
-    max_iter: int = 20,
-    tol: float = 1e-3,
-) -> float:
-    """The largest top Hessian eigenvalue of the training loss over the first ``n_batches`` batches, each alone.
-
-    Each step of minibatch training meets the Hessian of one batch, whose top eigenvalue exceeds
-    that of the Hessian averaged over many batches (on the benchmark's least-squares task with 50
-    parameters and batches of 100 rows: 15-19 per batch against 10 for the whole data set), and a
-    step chosen for the averaged curvature diverged there. So each batch is probed on its own with
-    :func:`naggs_lightning.curvature.estimate_top_eigenvalue` (fp32, BatchNorm statistics and RNG
-    untouched) and the largest value is kept.
-
-    The batches come from ``datamodule.train_dataloader()`` (after ``prepare_data`` and
-    ``setup("fit")``), or from the module's own ``train_dataloader`` when there is no datamodule.
-    """
-    if n_batches < 1:
-        raise TuneError(f"curvature_batches must be >= 1, got {n_batches}")
-    if datamodule is not None:
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-        loader = datamodule.train_dataloader()
-    else:
-        loader = module.train_dataloader()
-    batches = [move_data_to_device(b, device) for b in islice(iter(loader), n_batches)]
-    if not batches:
-        raise TuneError("the training dataloader yields no batches: cannot estimate curvature")
-    module.to(device)
-    return max(float(estimate_top_eigenvalue(module, [batch], max_iter=max_iter, tol=tol)) for batch in batches)
 
 
 def _train_batches(module: LightningModule, datamodule: LightningDataModule | None) -> Any:

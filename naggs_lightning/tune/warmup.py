@@ -48,7 +48,7 @@ from naggs_lightning.curvature import estimate_top_eigenvalue
 from naggs_lightning.optim import NAGGS
 from naggs_lightning.tune.errors import TuneError
 
-__all__ = ["CurvatureReading", "WarmupResult", "warm_up_curvature", "WARMUP_STEPS", "CURVATURE_BATCHES"]
+__all__ = ["CURVATURE_BATCHES", "WARMUP_STEPS", "CurvatureReading", "WarmupResult", "warm_up_curvature"]
 
 #: Default warm-up length in optimizer steps: on the design tasks (a deep digits CNN, a 1-D signal CNN)
 #: the top eigenvalue rose 10-30x within the first 40-60 steps.
@@ -144,7 +144,10 @@ class WarmupResult:
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> WarmupResult:
-        readings = tuple(CurvatureReading(int(s), float(lam), float(a), float(loss)) for s, lam, a, loss in attrs["readings"])
+        readings = tuple(
+            CurvatureReading(int(step), float(lam), float(alpha), float(loss))
+            for step, lam, alpha, loss in attrs["readings"]
+        )
         return cls(
             float(attrs["mu"]), readings, tuple(attrs["final"]), int(attrs["steps"]), float(attrs["seconds"]),
             tuple(attrs.get("restarts", ())),
@@ -224,7 +227,9 @@ def warm_up_curvature(
         first = _to(next(source), device)
         for _ in range(_MAX_RESTARTS + 1):
             model = copy.deepcopy(module).to(device)
-            readings, failed = _ramp(model, first, source, mu, bounds, growth, margin, safety, cap, (max_iter, tol), device)
+            readings, failed = _ramp(
+                model, first, source, mu, bounds, growth, margin, safety, cap, (max_iter, tol), device
+            )
             ends = [first] + [_to(next(source), device) for _ in range(final_batches - 1)]
             after = [_read(model, batch, max_iter, tol) for batch in ends] if failed is None else []
             final = tuple(lam for lam, _ in after)
