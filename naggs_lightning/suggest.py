@@ -2,11 +2,11 @@
 
 Lightning's ``Tuner.lr_find`` trains a few hundred steps at growing learning rates and suggests the lr
 where the loss fell fastest; it knows nothing of NAG-GS's mu and gamma. :func:`suggest_lr` measures
-the top Hessian eigenvalue of the training loss over a few batches (the same measurement as
-``naggs-tune``'s seed, :func:`naggs_lightning.tune.seed.estimate_curvature`) and returns the step the
-quadratic analysis recommends for the mu and gamma the model's own NAGGS optimizer uses
-(:class:`~naggs_lightning.tune.seed.TheorySeed`; the suggested lr is its ``alpha``). No training step
-is taken and the model is left as it was.
+the top Hessian eigenvalue of the training loss the run will meet, after a short, safe warm-up on a copy
+of the model (the same measurement as ``naggs-tune``'s seed: :func:`naggs_lightning.tune.seed.measure_curvature`,
+:func:`~naggs_lightning.tune.seed.warmed_up_seed`), and returns the step the theory recommends for the mu
+and gamma the model's own NAGGS optimizer uses (:class:`~naggs_lightning.tune.seed.TheorySeed`; the
+suggested lr is its ``alpha``). The model itself takes no step and is left as it was.
 
 :class:`TheoryLRFinder` does the same inside ``Trainer.fit`` and sets the lr, as
 ``LearningRateFinder`` does. docs/tuner.md compares both on the shipped tasks.
@@ -14,23 +14,34 @@ is taken and the model is left as it was.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities.parsing import lightning_hasattr, lightning_setattr
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from naggs_lightning.tune.seed import RelativeAlpha, TheorySeed, estimate_curvature, naggs_hyperparameters
+from naggs_lightning.tune.seed import TheorySeed, measure_curvature, naggs_hyperparameters, warmed_up_seed
+from naggs_lightning.tune.warmup import CURVATURE_BATCHES, WARMUP_STEPS
 
 __all__ = ["suggest_lr", "TheoryLRFinder"]
 
 
-def _seed(lambda_max: float, hyper: tuple[float, float, bool], safety: float) -> TheorySeed:
+def _seed(
+    module: LightningModule,
+    batches: Any,
+    hyper: tuple[float, float, bool],
+    *,
+    safety: float,
+    warmup_steps: int,
+    curvature_batches: int,
+    device: Any,
+) -> TheorySeed:
+    """naggs-tune's seed: the warm-up at the optimizer's mu, then the step for the curvature it met."""
     mu, gamma, fixed_gamma = hyper
-    # The tuner's rule for which gamma the step is computed at (gamma = mu unless gamma is fixed).
-    rule = RelativeAlpha(lambda_max, safety, window=2.0, low=0.0, high=math.inf, fixed_gamma=fixed_gamma)
-    return rule.seed(mu, gamma)
+    warmup = measure_curvature(
+        module, batches, mu, warmup_steps=warmup_steps, n_batches=curvature_batches, device=device
+    )
+    return warmed_up_seed(warmup, gamma, safety=safety, fixed_gamma=fixed_gamma)
 
 
 def _hyperparameters(model: LightningModule, mu: float | None, gamma: float | None) -> tuple[float, float, bool]:
@@ -54,7 +65,8 @@ def suggest_lr(
     mu: float | None = None,
     gamma: float | None = None,
     safety: float = 0.9,
-    curvature_batches: int = 4,
+    warmup_steps: int = WARMUP_STEPS,
+    curvature_batches: int = CURVATURE_BATCHES,
 ) -> TheorySeed:
     """The NAG-GS step (lr) the theory recommends for ``model`` on its training data.
 
@@ -64,11 +76,13 @@ def suggest_lr(
         datamodule: where the training batches come from; ``None`` uses the model's own ``train_dataloader``.
         mu, gamma: override the optimizer's values.
         safety: factor in (0, 1] on the theory's step (it sits a hair under the stability edge).
-        curvature_batches: training batches probed; the largest top Hessian eigenvalue among them is used.
+        warmup_steps: NAG-GS steps of the warm-up on a copy of the model before the curvature is read
+            (0: read at initialisation, which underestimates a network's curvature 10-30x).
+        curvature_batches: training batches read after the warm-up; the largest top Hessian eigenvalue is used.
 
     Returns:
         A :class:`~naggs_lightning.tune.seed.TheorySeed`: ``alpha`` is the suggested lr; ``lambda_max``,
-        ``alpha_crit`` and ``regime`` say why (``describe()`` in one line).
+        ``alpha_crit``, ``regime`` and the warm-up's record say why (``describe()`` in one line).
 
     Example::
 
@@ -78,12 +92,14 @@ def suggest_lr(
     """
     hyper = _hyperparameters(model, mu, gamma)
     device = next(model.parameters()).device
-    lambda_max = estimate_curvature(model, datamodule, n_batches=curvature_batches, device=device)
-    return _seed(lambda_max, hyper, safety)
+    return _seed(
+        model, datamodule, hyper, safety=safety, warmup_steps=warmup_steps, curvature_batches=curvature_batches,
+        device=device,
+    )
 
 
 class _TrainerBatches:
-    """The training batches of a running trainer, in the shape :func:`estimate_curvature` reads a datamodule."""
+    """The training batches of a running trainer, in the shape :func:`measure_curvature` reads a datamodule."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
@@ -102,7 +118,7 @@ class TheoryLRFinder(Callback):
     """Sets the NAG-GS step from the theory when training starts, in the shape of Lightning's ``LearningRateFinder``.
 
     At ``on_train_start`` (the first moment the trainer's training batches exist) it measures the top
-    Hessian eigenvalue over ``curvature_batches`` batches and computes :func:`suggest_lr`'s step for the
+    Hessian eigenvalue after :func:`suggest_lr`'s warm-up (on a copy of the model) and computes its step for the
     optimizer's mu and gamma; with ``update_attr`` it writes it to the model's ``lr`` / ``learning_rate``
     attribute (or ``attr_name``), and always to every NAGGS parameter group (and the base lr of
     schedulers on those optimizers), so the run trains with it. Under DDP rank 0's measurement is
@@ -110,19 +126,28 @@ class TheoryLRFinder(Callback):
 
     Args:
         safety: factor in (0, 1] on the theory's step.
-        curvature_batches: training batches probed.
+        warmup_steps: steps of the warm-up on a copy of the model (0: read at initialisation).
+        curvature_batches: training batches read after the warm-up.
         update_attr: also set the model's lr attribute.
         attr_name: that attribute's name; ``""`` looks for ``lr`` then ``learning_rate``.
     """
 
     def __init__(
-        self, safety: float = 0.9, curvature_batches: int = 4, update_attr: bool = True, attr_name: str = ""
+        self,
+        safety: float = 0.9,
+        warmup_steps: int = WARMUP_STEPS,
+        curvature_batches: int = CURVATURE_BATCHES,
+        update_attr: bool = True,
+        attr_name: str = "",
     ) -> None:
         if not 0.0 < safety <= 1.0:
             raise ValueError(f"TheoryLRFinder: safety must be in (0, 1], got {safety}")
+        if warmup_steps < 0:
+            raise ValueError(f"TheoryLRFinder: warmup_steps must be >= 0, got {warmup_steps}")
         if curvature_batches < 1:
             raise ValueError(f"TheoryLRFinder: curvature_batches must be >= 1, got {curvature_batches}")
         self.safety = safety
+        self.warmup_steps = warmup_steps
         self.curvature_batches = curvature_batches
         self.update_attr = update_attr
         self.attr_name = attr_name
@@ -131,14 +156,16 @@ class TheoryLRFinder(Callback):
     def lr_find(self, trainer: Trainer, pl_module: LightningModule) -> TheorySeed:
         """Measure, compute the step, apply it; returns the :class:`~naggs_lightning.tune.seed.TheorySeed`."""
         hyper = _hyperparameters_of(trainer)
-        lam = estimate_curvature(
+        seed = _seed(
             pl_module,
             _TrainerBatches(trainer),
-            n_batches=self.curvature_batches,
+            hyper,
+            safety=self.safety,
+            warmup_steps=self.warmup_steps,
+            curvature_batches=self.curvature_batches,
             device=trainer.strategy.root_device,
         )
-        lam = float(trainer.strategy.broadcast(lam))
-        seed = _seed(lam, hyper, self.safety)
+        seed = trainer.strategy.broadcast(seed)  # every rank trains with rank 0's step
         self.optimal_lr = seed
         if self.update_attr:
             name = self.attr_name or next((n for n in ("lr", "learning_rate") if lightning_hasattr(pl_module, n)), "")

@@ -296,6 +296,7 @@ def test_fixed_gamma_is_seeded_at_the_papers_alpha_c_for_its_own_gamma():
         space={"mu": 0.05, "gamma": 1.0},
         storage=None,
         curvature_batches=3,
+        warmup_steps=0,  # the curvature at initialisation, which the exact Hessian below checks
         seed_trials=1,
         n_trials=1,
         verbose=False,
@@ -318,6 +319,7 @@ def test_study_end_to_end_on_sqlite(tmp_path):
         study_name="tiny",
         sampler_seed=0,
         curvature_batches=3,
+        warmup_steps=0,  # the curvature at initialisation, which the exact Hessian below checks
         output_dir=tmp_path / "out",
         verbose=False,
     )

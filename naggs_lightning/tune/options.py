@@ -18,6 +18,7 @@ from optuna.samplers import BaseSampler
 
 from naggs_lightning.tune.errors import TuneError
 from naggs_lightning.tune.storage import DEFAULT_STORAGE
+from naggs_lightning.tune.warmup import CURVATURE_BATCHES, WARMUP_STEPS
 
 __all__ = ["TuneOptions", "PRUNERS", "SAMPLERS", "DIRECTIONS"]
 
@@ -69,8 +70,14 @@ class TuneOptions:
         "search alpha in [1/W, W] x the theory's step for each trial's mu (gamma relaxes to mu), cut to alpha's range",
     )
     seed_trials: int = _option(3, "seeded trials to enqueue: alpha = seed, seed/2, seed/4, ...")
+    warmup_steps: int = _option(
+        WARMUP_STEPS,
+        "steps of the seed's warm-up on a copy of the model, after which the curvature is read; 0 reads it at "
+        "initialisation",
+    )
     curvature_batches: int = _option(
-        4, "training batches probed at initialisation; the seed uses the largest top Hessian eigenvalue among them"
+        CURVATURE_BATCHES,
+        "training batches probed after the warm-up; the seed uses the largest top Hessian eigenvalue among them",
     )
     heartbeat_interval: int = _option(
         10, "seconds between heartbeats of a running trial; a trial silent twice as long is failed and re-queued"
@@ -86,6 +93,8 @@ class TuneOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TuneError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
+            raise TuneError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
         if not isinstance(self.metric, str) or not self.metric:
             raise TuneError(f"metric must be a non-empty string, got {self.metric!r}")
         if self.direction is not None and self.direction not in DIRECTIONS:

@@ -1,7 +1,8 @@
 r"""The theory seed: the NAG-GS step the quadratic analysis recommends for the model's own curvature.
 
-With :math:`L` the top Hessian eigenvalue of the loss at initialisation (estimated over a few training
-batches), mu and gamma the optimizer's, the seed is
+With :math:`L` the top Hessian eigenvalue the run will meet (measured after a short warm-up of a copy of
+the model, :mod:`naggs_lightning.tune.warmup`; at initialisation with ``warmup_steps=0``), mu and gamma
+the optimizer's, the seed is
 
 .. math::
 
@@ -39,21 +40,31 @@ guarantee; the study searches around it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from itertools import islice
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.utilities import move_data_to_device
 from optuna.distributions import FloatDistribution
 
 from naggs_lightning import theory
-from naggs_lightning.curvature import estimate_top_eigenvalue
 from naggs_lightning.optim import NAGGS
 from naggs_lightning.tune.errors import TuneError
+from naggs_lightning.tune.warmup import (
+    CURVATURE_BATCHES,
+    WARMUP_STEPS,
+    WarmupResult,
+    warm_up_curvature,
+)
 
-__all__ = ["TheorySeed", "RelativeAlpha", "theory_seed", "estimate_curvature", "naggs_hyperparameters"]
+__all__ = [
+    "RelativeAlpha",
+    "TheorySeed",
+    "measure_curvature",
+    "naggs_hyperparameters",
+    "theory_seed",
+    "warmed_up_seed",
+]
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,8 @@ class TheorySeed:
     alpha_theory: float
     alpha_crit: float
     alpha: float
+    warmup: WarmupResult | None = None
+    """How ``lambda_max`` was measured (``None``: at initialisation, without a warm-up)."""
 
     @property
     def all_stable(self) -> bool:
@@ -83,16 +96,19 @@ class TheorySeed:
     def describe(self) -> str:
         """One line: the estimate, the regime and the seed."""
         which = "alpha*(mu, 2 mu)" if self.all_stable else ("alpha*" if self.gamma == self.mu else "alpha_c")
-        return (
-            f"{self.regime}; seed alpha = {self.safety:g} x {which} = {self.alpha:.4g} "
+        where = "at initialisation" if self.warmup is None else "expected in the run"
+        line = (
+            f"{self.regime} ({where}); seed alpha = {self.safety:.3g} x {which} = {self.alpha:.4g} "
             f"(mu = {self.mu:.4g}, gamma = {self.gamma:.4g})"
         )
+        return line if self.warmup is None else f"{line}; {self.warmup.describe()}"
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-safe attributes (``alpha_crit`` is ``None`` when infinite) for the study's user_attrs."""
         out = asdict(self)
         out["alpha_crit"] = None if math.isinf(self.alpha_crit) else self.alpha_crit
         out["regime"] = self.regime
+        out["warmup"] = None if self.warmup is None else self.warmup.to_attrs()
         return out
 
     @classmethod
@@ -100,7 +116,8 @@ class TheorySeed:
         fields = {k: attrs[k] for k in ("lambda_max", "mu", "gamma", "safety", "alpha_theory", "alpha_crit", "alpha")}
         if fields["alpha_crit"] is None:
             fields["alpha_crit"] = math.inf
-        return cls(**fields)
+        warmup = attrs.get("warmup")
+        return cls(**fields, warmup=None if warmup is None else WarmupResult.from_attrs(warmup))
 
 
 def theory_seed(lambda_max: float, mu: float, gamma: float, *, safety: float = 0.9) -> TheorySeed:
@@ -160,40 +177,42 @@ def naggs_hyperparameters(module: LightningModule) -> tuple[float, float, bool] 
     return None
 
 
-def estimate_curvature(
-    module: LightningModule,
-    datamodule: LightningDataModule | None,
-    *,
-    n_batches: int = 4,
-    device: torch.device | str = "cpu",
-    max_iter: int = 20,
-    tol: float = 1e-3,
-) -> float:
-    """The largest top Hessian eigenvalue of the training loss over the first ``n_batches`` batches, each alone.
-
-    Each step of minibatch training meets the Hessian of one batch, whose top eigenvalue exceeds
-    that of the Hessian averaged over many batches (on the benchmark's least-squares task with 50
-    parameters and batches of 100 rows: 15-19 per batch against 10 for the whole data set), and a
-    step chosen for the averaged curvature diverged there. So each batch is probed on its own with
-    :func:`naggs_lightning.curvature.estimate_top_eigenvalue` (fp32, BatchNorm statistics and RNG
-    untouched) and the largest value is kept.
-
-    The batches come from ``datamodule.train_dataloader()`` (after ``prepare_data`` and
-    ``setup("fit")``), or from the module's own ``train_dataloader`` when there is no datamodule.
-    """
-    if n_batches < 1:
-        raise TuneError(f"curvature_batches must be >= 1, got {n_batches}")
+def _train_batches(module: LightningModule, datamodule: LightningDataModule | None) -> Any:
     if datamodule is not None:
         datamodule.prepare_data()
         datamodule.setup("fit")
-        loader = datamodule.train_dataloader()
-    else:
-        loader = module.train_dataloader()
-    batches = [move_data_to_device(b, device) for b in islice(iter(loader), n_batches)]
-    if not batches:
-        raise TuneError("the training dataloader yields no batches: cannot estimate curvature")
-    module.to(device)
-    return max(float(estimate_top_eigenvalue(module, [batch], max_iter=max_iter, tol=tol)) for batch in batches)
+        return datamodule.train_dataloader()
+    return module.train_dataloader()
+
+
+def measure_curvature(
+    module: LightningModule,
+    datamodule: LightningDataModule | None,
+    mu: float,
+    *,
+    warmup_steps: int = WARMUP_STEPS,
+    n_batches: int = CURVATURE_BATCHES,
+    device: torch.device | str = "cpu",
+) -> WarmupResult:
+    """The curvature a run at ``mu`` will meet: :func:`~naggs_lightning.tune.warmup.warm_up_curvature`
+    on a copy of ``module`` over the training batches of ``datamodule`` (or of the module itself),
+    reading ``n_batches`` batches after ``warmup_steps`` steps (0: at initialisation)."""
+    loader = _train_batches(module, datamodule)
+    return warm_up_curvature(module, loader, mu, steps=warmup_steps, final_batches=n_batches, device=device)
+
+
+def warmed_up_seed(warmup: WarmupResult, gamma: float, *, safety: float = 0.9, fixed_gamma: bool = False) -> TheorySeed:
+    """The seed for the curvature the run will meet (:attr:`WarmupResult.lambda_run`) at the warm-up's mu,
+    never above the warm-up's cap.
+
+    A warm-up that had to restart (its step threw the network into divergence or a dead, flat region)
+    caps the seed at half the step that failed: the safety factor is lowered to meet the cap, so every
+    trial's step, at every mu, keeps the same ratio to the theory's.
+    """
+    seed = theory_seed(warmup.lambda_run, warmup.mu, gamma if fixed_gamma else warmup.mu, safety=safety)
+    if seed.alpha > warmup.cap:
+        seed = theory_seed(seed.lambda_max, seed.mu, seed.gamma, safety=safety * warmup.cap / seed.alpha)
+    return replace(seed, warmup=warmup)
 
 
 @dataclass(frozen=True)

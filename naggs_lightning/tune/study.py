@@ -69,7 +69,13 @@ from naggs_lightning.tune.objective import (
 )
 from naggs_lightning.tune.options import TuneOptions
 from naggs_lightning.tune.report import Reporter, results_table, write_best, write_plots
-from naggs_lightning.tune.seed import RelativeAlpha, TheorySeed, estimate_curvature, naggs_hyperparameters
+from naggs_lightning.tune.seed import (
+    RelativeAlpha,
+    TheorySeed,
+    measure_curvature,
+    naggs_hyperparameters,
+    warmed_up_seed,
+)
 from naggs_lightning.tune.space import DEFAULT_RANGES, SearchSpace
 from naggs_lightning.tune.storage import open_storage, redact
 
@@ -141,6 +147,7 @@ def _seed_study(
     window: float,
     seed_trials: int,
     curvature_batches: int,
+    warmup_steps: int,
 ) -> tuple[TheorySeed | None, SearchSpace, list[dict[str, Any]], str]:
     """The seed, the space with alpha relative to it, the seeded trials' params, and a note."""
     alpha_dist = declared.distributions.get(declared.alpha)
@@ -156,11 +163,16 @@ def _seed_study(
     if isinstance(gamma_dist, FloatDistribution):
         # gamma = mu is the best (alpha, gamma) pair of the quadratic analysis; gamma relaxes to mu anyway.
         gamma = min(max(mu, gamma_dist.low), gamma_dist.high)
-    lam = estimate_curvature(
-        probe.model, probe.datamodule, n_batches=curvature_batches, device=probe.trainer.strategy.root_device
+    warmup = measure_curvature(
+        probe.model,
+        probe.datamodule,
+        mu,
+        warmup_steps=warmup_steps,
+        n_batches=curvature_batches,
+        device=probe.trainer.strategy.root_device,
     )
-    relative = RelativeAlpha(lam, safety, window, alpha_dist.low, alpha_dist.high, fixed_gamma)
-    seed = relative.seed(mu, gamma)
+    seed = warmed_up_seed(warmup, gamma, safety=safety, fixed_gamma=fixed_gamma)
+    relative = RelativeAlpha(seed.lambda_max, seed.safety, window, alpha_dist.low, alpha_dist.high, fixed_gamma)
     base = {name: reference[name] for name in declared.distributions if name != declared.alpha}
     if isinstance(gamma_dist, FloatDistribution):
         base[declared.gamma] = gamma
@@ -523,6 +535,7 @@ def _seeding(prepared: _Prepared, opts: TuneOptions) -> Callable[[], tuple[Any, 
         window=opts.seed_window,
         seed_trials=opts.seed_trials,
         curvature_batches=opts.curvature_batches,
+        warmup_steps=opts.warmup_steps,
     )
 
 
