@@ -129,6 +129,31 @@ class SplitDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
+class GeneratedDataModule(SplitDataModule, ABC):
+    """Splits generated from a seed, each split from its own stream, so nothing is downloaded.
+
+    A subclass sets what :meth:`_generate` needs, then calls :meth:`_generate_splits` from its ``__init__``.
+    """
+
+    def _generate_splits(
+        self, n_train: int, n_val: int, n_test: int, batch_size: int, seed: int, num_workers: int
+    ) -> None:
+        if min(n_train, n_val, n_test) < 1 or batch_size < 1:
+            raise ValueError(
+                f"n_train, n_val, n_test and batch_size must be >= 1, got {n_train}, {n_val}, {n_test}, {batch_size}"
+            )
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.splits = {
+            name: self._generate(n, seed * 3 + offset)
+            for offset, (name, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test)))
+        }
+
+    @abstractmethod
+    def _generate(self, n: int, seed: int) -> TensorDataset:
+        """``n`` examples from the generator seeded with ``seed``."""
+
+
 class ArrayDataModule(SplitDataModule, ABC):
     """In-memory features and labels split into train / val / test, deterministic in ``seed``.
 

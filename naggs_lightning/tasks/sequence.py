@@ -18,12 +18,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from naggs_lightning.tasks.base import Batch, ClassificationTask, SplitDataModule
+from naggs_lightning.tasks.base import Batch, ClassificationTask, GeneratedDataModule
 
 __all__ = ["SequenceDataModule", "SequenceTransformer"]
 
 
-class SequenceDataModule(SplitDataModule):
+class SequenceDataModule(GeneratedDataModule):
     """Random token sequences and their reversal (``task="reverse"``) or sorted order (``task="sort"``).
 
     Args:
@@ -53,21 +53,11 @@ class SequenceDataModule(SplitDataModule):
             raise ValueError(f"task must be 'reverse' or 'sort', got {task!r}")
         if vocab_size < 2 or seq_len < 2:
             raise ValueError(f"vocab_size and seq_len must be >= 2, got {vocab_size} and {seq_len}")
-        if min(n_train, n_val, n_test) < 1 or batch_size < 1:
-            raise ValueError(
-                "n_train, n_val, n_test and batch_size must be >= 1, "
-                f"got {n_train}, {n_val}, {n_test}, {batch_size}"
-            )
         self.save_hyperparameters()
         self.task = task
         self.vocab_size = vocab_size
         self.seq_len = seq_len
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.splits = {
-            name: self._generate(n, seed * 3 + offset)
-            for offset, (name, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test)))
-        }
+        self._generate_splits(n_train, n_val, n_test, batch_size, seed, num_workers)
 
     def _generate(self, n: int, seed: int) -> TensorDataset:
         gen = torch.Generator().manual_seed(seed)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from naggs_lightning.tasks.base import ClassificationTask, SplitDataModule
+from naggs_lightning.tasks.base import ClassificationTask, GeneratedDataModule
 
 __all__ = ["DeepDigitsCNN", "SignalCNN", "SignalDataModule"]
 
@@ -61,7 +61,7 @@ class DeepDigitsCNN(ClassificationTask):
         return self.classifier(self.features(x.view(-1, 1, 8, 8)).flatten(1))
 
 
-class SignalDataModule(SplitDataModule):
+class SignalDataModule(GeneratedDataModule):
     """Noisy 1-D waveforms of ``length`` samples in five classes (sine, square, triangle, sawtooth, chirp).
 
     Each signal has a random frequency (1.5 to 6 periods per window), phase and amplitude (0.5 to 1.5),
@@ -95,19 +95,10 @@ class SignalDataModule(SplitDataModule):
             raise ValueError(f"length must be >= 8, got {length}")
         if not (noise >= 0.0 and math.isfinite(noise)):
             raise ValueError(f"noise must be finite and >= 0, got {noise}")
-        if min(n_train, n_val, n_test) < 1 or batch_size < 1:
-            raise ValueError(
-                f"n_train, n_val, n_test and batch_size must be >= 1, got {n_train}, {n_val}, {n_test}, {batch_size}"
-            )
         self.save_hyperparameters()
         self.length = length
         self.noise = noise
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.splits = {
-            name: self._generate(n, seed * 3 + offset)
-            for offset, (name, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test)))
-        }
+        self._generate_splits(n_train, n_val, n_test, batch_size, seed, num_workers)
 
     def _generate(self, n: int, seed: int) -> TensorDataset:
         gen = torch.Generator().manual_seed(seed)
