@@ -14,8 +14,7 @@ The names are imported on first use (PEP 562): ``import naggs_lightning.tune.cli
 so the console scripts own Ctrl-C from their first line on, before the heavy imports start.
 """
 
-from importlib import import_module
-from typing import Any
+from naggs_lightning._lazy import lazy_exports
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
@@ -34,17 +33,4 @@ _SUBMODULES = ("curvature", "theory")
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-    elif name in _SUBMODULES:
-        value = import_module(f"naggs_lightning.{name}")
-    else:
-        raise AttributeError(f"module 'naggs_lightning' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS, *_SUBMODULES])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, _SUBMODULES)

@@ -145,7 +145,8 @@ class NAGGS(CheckedOptimizer):
         _validate_group(group)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        check_lr(group["lr"])  # a tensor too: reading it once, when the group is added, costs nothing
+        if isinstance(group["lr"], Tensor):  # read once, when the group is added; a float is checked below
+            check_lr(group["lr"])
         _validate_group(group)
         if group["fused"]:
             _check_fused(group["params"], allow_meta=True)

@@ -12,8 +12,7 @@ best.yaml, plots) and :mod:`~naggs_lightning.tune.study` (the driver).
 Names are imported on first use, as in :mod:`naggs_lightning`.
 """
 
-from importlib import import_module
-from typing import Any
+from naggs_lightning._lazy import lazy_exports
 
 _EXPORTS = {
     "run": "naggs_lightning.tune.study",
@@ -27,17 +26,4 @@ _SUBMODULES = ("keys",)
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-    elif name in _SUBMODULES:
-        value = import_module(f"naggs_lightning.tune.{name}")
-    else:
-        raise AttributeError(f"module 'naggs_lightning.tune' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS, *_SUBMODULES])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, _SUBMODULES)
