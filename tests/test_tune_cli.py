@@ -149,7 +149,9 @@ def _training(proc: subprocess.Popen, db: Path, min_finished: int, name: str = "
     if sum(t.state in FINISHED for t in trials) < min_finished:
         return None
     for t in trials:
-        if t.state == TrialState.RUNNING and t.params and t.user_attrs.get(keys.WORKER, "").endswith(f":{proc.pid}"):
+        # keys.ALPHA is written after the last parameter: a trial with only some of them is still being set up
+        chosen = keys.ALPHA in t.user_attrs
+        if t.state == TrialState.RUNNING and chosen and t.user_attrs.get(keys.WORKER, "").endswith(f":{proc.pid}"):
             return t
     return None
 
@@ -234,7 +236,7 @@ def test_ctrl_c_mid_trial_exits_130_fails_the_trial_and_resume_trains_it_again(t
     finished = study.get_trials(states=FINISHED)
     assert len(finished) == 3 and not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     retrained = study.trials[queued.number]
-    assert retrained.state in FINISHED and retrained.params == victim.params
+    assert retrained.state in FINISHED and retrained.params == interrupted.params == victim.params
     assert sum(bool(t.user_attrs.get(keys.SEEDED)) for t in finished) == 2  # both seeded points trained once
 
 
