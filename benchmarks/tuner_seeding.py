@@ -43,8 +43,11 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import json
+import multiprocessing
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import lightning
@@ -155,7 +158,7 @@ TASKS: dict[str, dict[str, Any]] = {
 
 STUDIES = ("seeded", "seeded@init", "unseeded", "adamw")
 ADAMW_SPACE = {"lr": "1e-4..1e-1:log", "weight_decay": "1e-5..1e-1:log"}
-KS = (1, 3, 5, 10, 20)
+KS = (1, 3, 5, 10, 20, 50)
 
 
 def _instantiate(spec: dict[str, Any]) -> Any:
@@ -207,8 +210,12 @@ def _study(kind: str, config: dict[str, Any], metric: str, budget: int, seed: in
     )
 
 
-def _values(study: optuna.Study) -> list[float | None]:
-    return [t.value if t.state == TrialState.COMPLETE else None for t in study.trials]
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if t.state.is_finished()]  # not a seeded trial still queued
+
+
+def _values(trials: list[optuna.trial.FrozenTrial]) -> list[float | None]:
+    return [t.value if t.state == TrialState.COMPLETE else None for t in trials]
 
 
 def _best_after(values: list[float | None], k: int, maximize: bool) -> float:
@@ -226,6 +233,129 @@ def _seconds(study: optuna.Study) -> list[float]:
     ]
 
 
+def _task_config(name: str, epochs_scale: float) -> dict[str, Any]:
+    config = copy.deepcopy(TASKS[name]["config"])
+    config["trainer"].update(accelerator="cpu", devices=1)
+    config["trainer"]["max_epochs"] = max(1, round(config["trainer"]["max_epochs"] * epochs_scale))
+    return config
+
+
+def _run_one(name: str, kind: str, seed: int, budget: int, epochs_scale: float, threads: int) -> dict[str, Any]:
+    """One study, summarised as JSON-safe data (it may run in a worker process)."""
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    start = time.perf_counter()
+    study = _study(kind, _task_config(name, epochs_scale), TASKS[name]["metric"], budget, seed)
+    trials = _finished(study)
+    out: dict[str, Any] = {
+        "task": name,
+        "kind": kind,
+        "seed": seed,
+        "values": _values(trials),
+        "trial_seconds": _seconds(study),
+        "seconds": time.perf_counter() - start,
+    }
+    if kind.startswith("seeded"):
+        out["seeded"] = [value for t, value in zip(trials, out["values"]) if t.user_attrs.get("naggs.seeded")]
+        out["seed_info"] = study.user_attrs["naggs.seed"]
+    return out
+
+
+def _run_all(jobs: list[tuple[str, str, int]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run every (task, study, sampler seed), ``args.jobs`` at a time; results saved to ``args.out`` as they come."""
+    results: list[dict[str, Any]] = []
+
+    def done(result: dict[str, Any]) -> None:
+        results.append(result)
+        curve = " ".join("failed" if v is None else f"{v:.4g}" for v in result["values"][:5])
+        print(
+            f"   done: {result['task']} {result['kind']} seed {result['seed']} in {result['seconds']:.0f} s "
+            f"(first trials {curve})",
+            flush=True,
+        )
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"args": vars(args), "results": results}, f, indent=1)
+
+    extra = (args.budget, args.epochs_scale, args.threads)
+    if args.jobs == 1:
+        for job in jobs:
+            done(_run_one(*job, *extra))
+        return results
+    # spawn: a forked worker would inherit the parent's torch thread pools and OpenMP state.
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for future in as_completed([pool.submit(_run_one, *job, *extra) for job in jobs]):
+            done(future.result())
+    return results
+
+
+def _report(name: str, results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    task = TASKS[name]
+    metric, chance = task["metric"], task["chance"]
+    maximize = metric != "val_loss"
+    ks = [k for k in KS if k <= args.budget]
+    by_kind = {kind: sorted((r for r in results if r["kind"] == kind), key=lambda r: r["seed"]) for kind in args.studies}
+    epochs = _task_config(name, args.epochs_scale)["trainer"]["max_epochs"]
+    print(
+        f"\n== {name}: best {metric} after k trials ({'max' if maximize else 'min'}imised), "
+        f"{epochs} epochs, budget {args.budget}, sampler seeds {args.seeds}"
+    )
+    for kind, runs in by_kind.items():
+        if kind.startswith("seeded") and runs:
+            info = runs[0]["seed_info"]
+            print(f"   {kind} seed (sampler seed {runs[0]['seed']}): alpha {info['alpha']:.4g}; {info['regime']}")
+            if info.get("warmup"):
+                w = info["warmup"]
+                ramp = ", ".join(f"{r[1]:.3g}@{r[0]} (alpha {r[2]:.3g})" for r in w["readings"])
+                print(f"      warm-up readings {ramp}; after: {', '.join(f'{v:.3g}' for v in w['final'])}")
+                for why in w.get("restarts", []):
+                    print(f"      {why}")
+        for r in runs:
+            curve = " ".join(f"{_best_after(r['values'], k, maximize):.4g}" for k in ks)
+            seeded = ""
+            if "seeded" in r:
+                seeded = "; seeded trials " + ", ".join("failed" if v is None else f"{v:.4g}" for v in r["seeded"])
+            print(f"   seed {r['seed']} {kind:<12} {curve}  ({r['seconds']:.0f} s{seeded})")
+    print(f"\n{name}: median [min, max] over {len(args.seeds)} sampler seeds of the best {metric} after k trials")
+    print("| study | " + " | ".join(f"k = {k}" for k in ks) + " |")
+    print("|---|" + "---:|" * len(ks))
+    medians: dict[str, float] = {}
+    for kind, runs in by_kind.items():
+        cells = []
+        for k in ks:
+            column = [_best_after(r["values"], k, maximize) for r in runs]
+            cells.append(f"{statistics.median(column):.4g} [{min(column):.4g}, {max(column):.4g}]")
+            medians[kind] = statistics.median(column)  # ends at k = budget
+        print(f"| {kind} | " + " | ".join(cells) + " |")
+    for kind, runs in by_kind.items():
+        if kind.startswith("seeded"):
+            seeded = [v for r in runs for v in r["seeded"]]
+            bad = sum(v is None or (chance is not None and v <= chance + 0.02) for v in seeded)
+            print(
+                f"{kind}: {bad} of {len(seeded)} seeded trials diverged or ended within 0.02 of chance"
+                if chance is not None
+                else f"{kind}: {bad} seeded trials failed"
+            )
+    naggs = [medians[kind] for kind in ("seeded", "unseeded") if kind in medians]
+    if naggs and "adamw" in medians:
+        best = max(naggs) if maximize else min(naggs)
+        print(f"NAG-GS best over {args.budget} trials (median): {best:.4g}; AdamW: {medians['adamw']:.4g}")
+    seeded_runs = by_kind.get("seeded", [])
+    trial_s = [s for r in seeded_runs for s in r["trial_seconds"]]
+    seed_s = [(r["seed_info"].get("warmup") or {}).get("seconds", float("nan")) for r in seeded_runs]
+    all_s = [s for r in results for s in r["trial_seconds"]]
+    if all_s:
+        print(f"trials: mean {statistics.fmean(all_s):.2f} s, longest {max(all_s):.2f} s")
+    if trial_s and seed_s:
+        mean_trial, seed_median = statistics.fmean(trial_s), statistics.median(seed_s)
+        print(
+            f"seed measurement {seed_median:.2f} s (median) against a mean trial of {mean_trial:.2f} s: "
+            f"{seed_median / mean_trial:.1%} of a trial, "
+            f"{seed_median / (mean_trial * args.budget):.1%} of the study",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -235,84 +365,20 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=int, default=20, help="trials of each study (default: 20)")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every task's max_epochs")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per study (default: 1)")
+    parser.add_argument("--jobs", type=int, default=2, help="studies run at once, one process each (default: 2)")
+    parser.add_argument("--out", help="write every study's trial values here (JSON), updated as studies finish")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    ks = [k for k in KS if k <= args.budget]
-
+    for flag in ("budget", "jobs", "threads"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    start = time.perf_counter()
+    jobs = [(name, kind, seed) for name in args.tasks for seed in args.seeds for kind in args.studies]
+    print(f"{len(jobs)} studies of {args.budget} trials, {args.jobs} at a time", flush=True)
+    results = _run_all(jobs, args)
     for name in args.tasks:
-        task = TASKS[name]
-        config = copy.deepcopy(task["config"])
-        config["trainer"].update(accelerator="cpu", devices=1)
-        config["trainer"]["max_epochs"] = max(1, round(config["trainer"]["max_epochs"] * args.epochs_scale))
-        metric, chance = task["metric"], task["chance"]
-        maximize = metric != "val_loss"
-        print(
-            f"\n== {name}: best {metric} after k trials ({'max' if maximize else 'min'}imised), "
-            f"{config['trainer']['max_epochs']} epochs, budget {args.budget}, sampler seeds {args.seeds}",
-            flush=True,
-        )
-        curves: dict[str, list[list[float]]] = {kind: [] for kind in args.studies}
-        bad: dict[str, int] = {kind: 0 for kind in args.studies}
-        n_seeded: dict[str, int] = {kind: 0 for kind in args.studies}
-        trial_s: list[float] = []
-        seed_s: list[float] = []
-        for seed in args.seeds:
-            for kind in args.studies:
-                start = time.perf_counter()
-                study = _study(kind, config, metric, args.budget, seed)
-                elapsed = time.perf_counter() - start
-                values = _values(study)
-                curves[kind].append([_best_after(values, k, maximize) for k in ks])
-                if kind.startswith("seeded"):
-                    seeded = [
-                        v
-                        for t, v in zip(study.trials, values)
-                        if t.user_attrs.get("naggs.seeded") and t.state.is_finished()  # not a queued one
-                    ]
-                    bad[kind] += sum(v is None or (chance is not None and v <= chance + 0.02) for v in seeded)
-                    n_seeded[kind] += len(seeded)
-                    info = study.user_attrs["naggs.seed"]
-                    if kind == "seeded":
-                        trial_s += _seconds(study)
-                        seed_s.append((info.get("warmup") or {}).get("seconds", float("nan")))
-                    if seed == args.seeds[0]:
-                        print(f"   {kind} seed (sampler seed {seed}): alpha {info['alpha']:.4g}; {info['regime']}")
-                        if info.get("warmup"):
-                            w = info["warmup"]
-                            ramp = ", ".join(f"{r[1]:.3g}@{r[0]} (alpha {r[2]:.3g})" for r in w["readings"])
-                            print(f"      warm-up readings {ramp}; after: {', '.join(f'{v:.3g}' for v in w['final'])}")
-                            for why in w.get("restarts", []):
-                                print(f"      {why}")
-                        shown = ", ".join("failed" if v is None else f"{v:.4g}" for v in seeded)
-                        print(f"      seeded trials: {shown}")
-                curve = " ".join(f"{v:.4g}" for v in curves[kind][-1])
-                print(f"   seed {seed} {kind:<12} {curve}  ({elapsed:.0f} s)", flush=True)
-        print(f"\n{name}: median [min, max] over {len(args.seeds)} sampler seeds of the best {metric} after k trials")
-        print("| study | " + " | ".join(f"k = {k}" for k in ks) + " |")
-        print("|---|" + "---:|" * len(ks))
-        for kind in args.studies:
-            cells = []
-            for i in range(len(ks)):
-                column = [c[i] for c in curves[kind]]
-                cells.append(f"{statistics.median(column):.4g} [{min(column):.4g}, {max(column):.4g}]")
-            print(f"| {kind} | " + " | ".join(cells) + " |")
-        for kind in args.studies:
-            if kind.startswith("seeded"):
-                print(
-                    f"{kind}: {bad[kind]} of {n_seeded[kind]} seeded trials diverged or ended within 0.02 of chance"
-                    if chance is not None
-                    else f"{kind}: {bad[kind]} seeded trials failed"
-                )
-        if trial_s and seed_s:
-            mean_trial, seed_median = statistics.fmean(trial_s), statistics.median(seed_s)
-            print(
-                f"seed measurement {seed_median:.2f} s (median) against a mean trial of {mean_trial:.2f} s: "
-                f"{seed_median / mean_trial:.1%} of a trial, "
-                f"{seed_median / (mean_trial * args.budget):.1%} of the study",
-                flush=True,
-            )
+        _report(name, [r for r in results if r["task"] == name], args)
+    print(f"\nwhole run: {(time.perf_counter() - start) / 60:.1f} min")
 
 
 if __name__ == "__main__":
