@@ -19,27 +19,18 @@ Order of work in :func:`run`, chosen so that bad input never damages a study:
 A Ctrl-C at any step ends the run with :class:`KeyboardInterrupt`; a trial that was training ends
 FAIL and its point is queued again (:mod:`~naggs_lightning.tune.interrupts`).
 
-Counting trials exactly across workers: before each trial a worker counts finished and running
-trials and starts one only if their sum is below ``n_trials``; otherwise it waits, because a running
-trial may still fail (a killed worker's trial is marked failed by the heartbeat and re-queued) and
-need replacing. Two workers that ask for the last trial at the same instant are resolved by trial
-number in :class:`~naggs_lightning.tune.objective.Objective`: the later one ends as failed without
-training. Optuna's ``MaxTrialsCallback`` is not used: it counts after a trial ends, so with several
-workers the study overshoots by up to one trial per extra worker.
+Step 3 lives in :mod:`~naggs_lightning.tune.opening` and :mod:`~naggs_lightning.tune.seeding`, step 4
+in :mod:`~naggs_lightning.tune.workers`, step 5's writing in :mod:`~naggs_lightning.tune.report`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import functools
 import logging
 import os
-import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,13 +40,10 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
-from optuna.distributions import FloatDistribution
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
-from optuna.trial import TrialState
 from rich.console import Console
 
-from naggs_lightning.tune import keys
 from naggs_lightning.tune.config import ConfigSource, load_config
 from naggs_lightning.tune.errors import TuneError
 from naggs_lightning.tune.interrupts import Interrupted, InterruptGuard
@@ -63,27 +51,19 @@ from naggs_lightning.tune.objective import (
     ConfigBuilder,
     FactoryBuilder,
     Objective,
-    SurplusTrial,
     TrialBuilder,
     TrialParts,
 )
+from naggs_lightning.tune.opening import fingerprint, open_study
 from naggs_lightning.tune.options import TuneOptions
 from naggs_lightning.tune.report import Reporter, results_table, write_best, write_plots
-from naggs_lightning.tune.seed import (
-    RelativeAlpha,
-    TheorySeed,
-    measure_curvature,
-    naggs_hyperparameters,
-    warmed_up_seed,
-)
+from naggs_lightning.tune.seed import naggs_hyperparameters
+from naggs_lightning.tune.seeding import seed_new_study
 from naggs_lightning.tune.space import DEFAULT_RANGES, SearchSpace
 from naggs_lightning.tune.storage import open_storage, redact
+from naggs_lightning.tune.workers import optimize
 
 __all__ = ["run"]
-
-#: How long a worker that found the study just created by another worker waits for its seed.
-_READY_TIMEOUT_S = 120.0
-_POLL_S = 1.0
 
 
 def _pruner(pruner: str | BasePruner) -> BasePruner:
@@ -136,261 +116,6 @@ def _quiet() -> Iterator[None]:
         for log, level in zip(loggers, levels, strict=True):
             log.setLevel(level)
         optuna.logging.set_verbosity(verbosity)
-
-
-def _seed_study(
-    probe: TrialParts,
-    declared: SearchSpace,
-    reference: dict[str, Any],
-    *,
-    safety: float,
-    window: float,
-    seed_trials: int,
-    curvature_batches: int,
-    warmup_steps: int,
-) -> tuple[TheorySeed | None, SearchSpace, list[dict[str, Any]], str]:
-    """The seed, the space with alpha relative to it, the seeded trials' params, and a note."""
-    alpha_dist = declared.distributions.get(declared.alpha)
-    if alpha_dist is None:
-        return None, declared, [], f"unseeded: alpha ({declared.alpha}) is pinned"
-    if not isinstance(alpha_dist, FloatDistribution) or alpha_dist.step is not None:
-        return None, declared, [], f"unseeded: alpha ({declared.alpha}) is not searched over a continuous range"
-    hyper = naggs_hyperparameters(probe.model)
-    if hyper is None:
-        return None, declared, [], "unseeded: the optimizer is not NAGGS (the seed is NAG-GS theory)"
-    mu, gamma, fixed_gamma = hyper
-    gamma_dist = declared.distributions.get(declared.gamma)
-    if isinstance(gamma_dist, FloatDistribution):
-        # gamma = mu is the best (alpha, gamma) pair of the quadratic analysis; gamma relaxes to mu anyway.
-        gamma = min(max(mu, gamma_dist.low), gamma_dist.high)
-    warmup = measure_curvature(
-        probe.model,
-        probe.datamodule,
-        mu,
-        warmup_steps=warmup_steps,
-        n_batches=curvature_batches,
-        device=probe.trainer.strategy.root_device,
-    )
-    seed = warmed_up_seed(warmup, gamma, safety=safety, fixed_gamma=fixed_gamma)
-    relative = RelativeAlpha(seed.lambda_max, seed.safety, window, alpha_dist.low, alpha_dist.high, fixed_gamma)
-    base = {name: reference[name] for name in declared.distributions if name != declared.alpha}
-    if isinstance(gamma_dist, FloatDistribution):
-        base[declared.gamma] = gamma
-    # Further seeded trials halve alpha: curvature grows in training and minibatch noise lowers the
-    # stable step, so the theory's step for the start is an upper guess.
-    base = declared.encode(base)
-    enqueued = [{**base, keys.ALPHA_RATIO: max(0.5**j, 1.0 / window)} for j in range(seed_trials)]
-    first = relative.alpha(1.0, mu, gamma)
-    note = (
-        "new study"
-        if first == seed.alpha
-        else f"new study; the seed lies outside the alpha range: trial 0 uses {first:.4g}"
-    )
-    return seed, declared.seeded(relative), enqueued, note
-
-
-def _wait_ready(study: optuna.Study) -> dict[str, Any]:
-    deadline = time.monotonic() + _READY_TIMEOUT_S
-    while True:
-        attrs = study.user_attrs
-        if keys.STUDY_SPACE in attrs:
-            return attrs
-        if time.monotonic() > deadline:
-            raise TuneError(
-                f"study {study.study_name!r} exists but has no naggs-tune search space (made by another tool, or "
-                "its creator stopped while seeding): choose another --study-name"
-            )
-        time.sleep(_POLL_S)
-
-
-def _fingerprint(config: Mapping[str, Any] | None) -> str | None:
-    """A hash of the merged config: a study resumes only with the config it was made with."""
-    if config is None:
-        return None
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _resume(
-    study: optuna.Study, declared: SearchSpace, metric: str, direction: str, fingerprint: str | None
-) -> tuple[TheorySeed | None, SearchSpace]:
-    attrs = _wait_ready(study)
-    if study.direction.name.lower() != direction:
-        raise TuneError(
-            f"study {study.study_name!r} was made to {study.direction.name.lower()}, not to {direction}: "
-            "choose another --study-name"
-        )
-    if attrs.get(keys.STUDY_METRIC) != metric:
-        tuned = attrs.get(keys.STUDY_METRIC)
-        raise TuneError(f"study {study.study_name!r} tunes {tuned!r}, not {metric!r}: choose another --study-name")
-    if attrs.get(keys.STUDY_CONFIG) != fingerprint:
-        raise TuneError(
-            f"study {study.study_name!r} was made with a different config (recipe files or values changed): "
-            "re-run with the same config to resume, or choose another --study-name"
-        )
-    if attrs.get(keys.STUDY_DECLARED_SPACE) != declared.to_json():
-        before = dict(SearchSpace.from_json(attrs[keys.STUDY_DECLARED_SPACE]).describe())
-        now = dict(declared.describe())
-        diff = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-        raise TuneError(
-            f"study {study.study_name!r} was made with a different search space (differs in {', '.join(diff)}): "
-            "re-run with the same space to resume, or choose another --study-name"
-        )
-    seed = TheorySeed.from_attrs(attrs[keys.STUDY_SEED]) if keys.STUDY_SEED in attrs else None
-    return seed, SearchSpace.from_json(attrs[keys.STUDY_SPACE])
-
-
-def _open_study(
-    store: optuna.storages.BaseStorage,
-    study_name: str,
-    direction: str,
-    sampler: BaseSampler,
-    pruner: BasePruner,
-    *,
-    declared: SearchSpace,
-    metric: str,
-    fingerprint: str | None,
-    seeding: Callable[[], tuple[TheorySeed | None, SearchSpace, list[dict[str, Any]], str]],
-    guard: InterruptGuard,
-) -> tuple[optuna.Study, TheorySeed | None, SearchSpace, str]:
-    """Resume the study, or seed and create it; returns it with its seed, searched space and a note."""
-    if study_name in optuna.get_all_study_names(store):
-        study = optuna.load_study(study_name=study_name, storage=store, sampler=sampler, pruner=pruner)
-        return (study, *_resume(study, declared, metric, direction, fingerprint), "resumed")
-    theory, searched, enqueued, note = seeding()  # before the study exists: a failure here leaves nothing behind
-    with guard.deferred():  # a study is created whole or not at all
-        try:
-            study = optuna.create_study(
-                storage=store, study_name=study_name, direction=direction, sampler=sampler, pruner=pruner
-            )
-        except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile
-            study = optuna.load_study(study_name=study_name, storage=store, sampler=sampler, pruner=pruner)
-            return (study, *_resume(study, declared, metric, direction, fingerprint), "joined")
-        try:
-            for params in enqueued:
-                study.enqueue_trial(params, user_attrs={keys.SEEDED: True})
-            study.set_user_attr(keys.STUDY_METRIC, metric)
-            study.set_user_attr(keys.STUDY_CONFIG, fingerprint)
-            study.set_user_attr(keys.STUDY_DECLARED_SPACE, declared.to_json())
-            if theory is not None:
-                study.set_user_attr(keys.STUDY_SEED, theory.to_attrs())
-            study.set_user_attr(keys.STUDY_SPACE, searched.to_json())  # last: the study is ready for other workers
-        except BaseException:
-            optuna.delete_study(study_name=study_name, storage=store)  # roll back the half-made study
-            raise
-    return study, theory, searched, note
-
-
-def _counts(study: optuna.Study) -> tuple[int, int]:
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-    finished = sum(1 for t in trials if t.state != TrialState.RUNNING)
-    return finished, len(trials) - finished
-
-
-class _Heartbeat:
-    """A running trial's heartbeat: the first beat now, then one every ``interval`` seconds until the trial ends.
-
-    Optuna's own heartbeat thread (inside ``study.optimize``) records its first beat asynchronously,
-    and a RUNNING trial that never beat is never judged stale: a worker killed before that first beat
-    (seen on a busy machine, the thread starved behind the trial's own writes) left its trial RUNNING
-    for ever and every other worker waiting for it. Here the first beat is written before the trial
-    starts.
-    """
-
-    def __init__(self, trial: optuna.trial.Trial) -> None:
-        self.storage = trial.storage
-        # Optuna's storage API names trials by their storage id, which Trial keeps private.
-        self.trial_id = trial._trial_id
-        self.interval = getattr(self.storage, "get_heartbeat_interval", lambda: None)()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if self.interval:
-            self.storage.record_heartbeat(self.trial_id)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception:  # a busy database: the next beat retries; a missed one only shortens the grace
-                pass
-
-    def __enter__(self) -> _Heartbeat:
-        if self.interval:
-            self._thread = threading.Thread(target=self._beat, name="naggs-tune-heartbeat", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-
-#: Serialises asking for a trial among this process's worker threads. Optuna claims a waiting (enqueued)
-#: trial with a read and a conditional update; SQLite has no SELECT ... FOR UPDATE, so two threads that ask
-#: at the same instant both claimed the same seeded trial and trained it twice.
-_ASK_LOCK = threading.Lock()
-
-
-def _run_trial(
-    study: optuna.Study,
-    objective: Objective,
-    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]],
-    guard: InterruptGuard,
-) -> None:
-    """Ask for a trial, train it, tell its end (as Optuna's ``_run_trial``, with the first heartbeat written first).
-
-    A trial that another worker finished meanwhile (failed as stale while this one still trained, or
-    claimed twice by two processes on SQLite) is left as that worker recorded it.
-    """
-    # Asking and telling are never cut by a Ctrl-C: one that lands there is raised inside the objective (which
-    # lets it cut training only), or once the trial is told.
-    with guard.deferred():
-        with _ASK_LOCK:
-            trial = study.ask()
-        state, value = TrialState.COMPLETE, None
-        with _Heartbeat(trial):
-            try:
-                value = objective(trial)
-            except optuna.TrialPruned:
-                state = TrialState.PRUNED
-            except SurplusTrial:
-                state = TrialState.FAIL
-            except optuna.exceptions.UpdateFinishedTrialError:
-                return
-            except BaseException:
-                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                    study.tell(trial, state=TrialState.FAIL)
-                raise
-        try:
-            frozen = study.tell(trial, value, state=state)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return
-        for callback in callbacks:
-            callback(study, frozen)
-
-
-def _work(
-    study: optuna.Study,
-    objective: Objective,
-    n_trials: int,
-    deadline: float | None,
-    stop: threading.Event,
-    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]],
-    guard: InterruptGuard,
-) -> None:
-    """One worker: start trials while the study has room, wait while others finish the last ones."""
-    while not (stop.is_set() or guard.requested.is_set()):
-        if deadline is not None and time.monotonic() >= deadline:
-            return
-        with guard.deferred():  # Optuna's bookkeeping between trials is not cut by a Ctrl-C
-            optuna.storages.fail_stale_trials(study)
-            finished, running = _counts(study)
-        if finished >= n_trials:
-            return
-        if finished + running < n_trials:
-            _run_trial(study, objective, callbacks, guard)
-        else:
-            stop.wait(_POLL_S)  # the study is full until a running trial ends: it may fail and need replacing
 
 
 @dataclass
@@ -524,60 +249,6 @@ def _prepare(
     return _Prepared(declared, reference, probe)
 
 
-def _seeding(prepared: _Prepared, opts: TuneOptions) -> Callable[[], tuple[Any, ...]]:
-    if not opts.seed:
-        return lambda: (None, prepared.declared, [], "new study, unseeded")
-    return lambda: _seed_study(
-        prepared.probe,
-        prepared.declared,
-        prepared.reference,
-        safety=opts.safety,
-        window=opts.seed_window,
-        seed_trials=opts.seed_trials,
-        curvature_batches=opts.curvature_batches,
-        warmup_steps=opts.warmup_steps,
-    )
-
-
-def _optimize(
-    study: optuna.Study,
-    objective: Objective,
-    opts: TuneOptions,
-    reporter: Reporter,
-    guard: InterruptGuard,
-) -> None:
-    """Step 4: this process's workers (threads on a pool, as Optuna's own ``n_jobs``) until the study is full."""
-    deadline = None if opts.timeout is None else time.monotonic() + opts.timeout
-    stop = threading.Event()
-    args = (objective, opts.n_trials, deadline, stop, [reporter.trial_finished], guard)
-    if opts.n_jobs == 1:
-        _work(study, *args)
-        return
-
-    def worker() -> None:
-        # Each thread opens the storage for itself, as a separate process would: threads that share one
-        # RDB storage object raced on enqueued trials (two threads ran, then told, the same trial).
-        own = study
-        if opts.storage is not None:
-            store = open_storage(opts.storage, heartbeat_interval=opts.heartbeat_interval)
-            own = optuna.load_study(
-                study_name=study.study_name, storage=store, sampler=study.sampler, pruner=study.pruner
-            )
-        _work(own, *args)
-
-    with ThreadPoolExecutor(max_workers=opts.n_jobs, thread_name_prefix="naggs-tune") as pool:
-        futures = [pool.submit(worker) for _ in range(opts.n_jobs)]
-        try:
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        finally:
-            stop.set()  # the first error (or a Ctrl-C here) stops the other workers after their trial
-        for future in done:
-            future.result()  # re-raise the first error
-        wait(futures)
-        for future in futures:
-            future.result()
-
-
 def _finish(
     study: optuna.Study,
     searched: SearchSpace,
@@ -646,7 +317,7 @@ def run(
         try:
             prepared = _prepare(builder, config_dict, space, opts)
             store = open_storage(opts.storage, heartbeat_interval=opts.heartbeat_interval)
-            study, theory, searched, note = _open_study(
+            study, theory, searched, note = open_study(
                 store,
                 study_name,
                 opts.resolved_direction,
@@ -654,8 +325,8 @@ def run(
                 _pruner(opts.pruner),
                 declared=prepared.declared,
                 metric=opts.metric,
-                fingerprint=_fingerprint(config_dict),
-                seeding=_seeding(prepared, opts),
+                fingerprint=fingerprint(config_dict),
+                seeding=functools.partial(seed_new_study, prepared.probe, prepared.declared, prepared.reference, opts),
                 guard=guard,
             )
             del prepared  # the probe's model is no longer needed
@@ -664,7 +335,7 @@ def run(
                 shown = "memory" if opts.storage is None else redact(opts.storage)
                 reporter.header(study, shown, theory, note)
                 reporter.refresh(study)
-                _optimize(study, objective, opts, reporter, guard)
+                optimize(study, objective, opts, reporter, guard)
             _finish(study, searched, builder, opts, console)
         except Interrupted:
             raise KeyboardInterrupt from None
