@@ -233,19 +233,23 @@ def _seconds(study: optuna.Study) -> list[float]:
     ]
 
 
-def _task_config(name: str, epochs_scale: float) -> dict[str, Any]:
+def _task_config(name: str, epochs_scale: float, mu: float | None = None) -> dict[str, Any]:
     config = copy.deepcopy(TASKS[name]["config"])
+    if mu is not None:  # the mu a user configures: the seed is computed, and the seeded trials run, at it
+        config["optimizer"]["init_args"].update(mu=mu, gamma=mu)
     config["trainer"].update(accelerator="cpu", devices=1)
     config["trainer"]["max_epochs"] = max(1, round(config["trainer"]["max_epochs"] * epochs_scale))
     return config
 
 
-def _run_one(name: str, kind: str, seed: int, budget: int, epochs_scale: float, threads: int) -> dict[str, Any]:
+def _run_one(
+    name: str, kind: str, seed: int, budget: int, epochs_scale: float, threads: int, mu: float | None
+) -> dict[str, Any]:
     """One study, summarised as JSON-safe data (it may run in a worker process)."""
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     start = time.perf_counter()
-    study = _study(kind, _task_config(name, epochs_scale), TASKS[name]["metric"], budget, seed)
+    study = _study(kind, _task_config(name, epochs_scale, mu), TASKS[name]["metric"], budget, seed)
     trials = _finished(study)
     out: dict[str, Any] = {
         "task": name,
@@ -277,7 +281,7 @@ def _run_all(jobs: list[tuple[str, str, int]], args: argparse.Namespace) -> list
             with open(args.out, "w") as f:
                 json.dump({"args": vars(args), "results": results}, f, indent=1)
 
-    extra = (args.budget, args.epochs_scale, args.threads)
+    extra = (args.budget, args.epochs_scale, args.threads, args.mu)
     if args.jobs == 1:
         for job in jobs:
             done(_run_one(*job, *extra))
@@ -295,10 +299,11 @@ def _report(name: str, results: list[dict[str, Any]], args: argparse.Namespace) 
     maximize = metric != "val_loss"
     ks = [k for k in KS if k <= args.budget]
     by_kind = {kind: sorted((r for r in results if r["kind"] == kind), key=lambda r: r["seed"]) for kind in args.studies}
-    epochs = _task_config(name, args.epochs_scale)["trainer"]["max_epochs"]
+    config = _task_config(name, args.epochs_scale, args.mu)
+    epochs, mu = config["trainer"]["max_epochs"], config["optimizer"]["init_args"]["mu"]
     print(
         f"\n== {name}: best {metric} after k trials ({'max' if maximize else 'min'}imised), "
-        f"{epochs} epochs, budget {args.budget}, sampler seeds {args.seeds}"
+        f"{epochs} epochs, NAG-GS configured at mu = {mu}, budget {args.budget}, sampler seeds {args.seeds}"
     )
     for kind, runs in by_kind.items():
         if kind.startswith("seeded") and runs:
@@ -356,6 +361,28 @@ def _report(name: str, results: list[dict[str, Any]], args: argparse.Namespace) 
         )
 
 
+def _report_saved(paths: list[str], parser: argparse.ArgumentParser) -> None:
+    """Print the tables of saved runs (e.g. sampler seeds 0-2 and 3-4 run apart), which must share their settings."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    shared = ("budget", "epochs_scale", "mu")
+    first = runs[0]["args"]
+    for path, saved in zip(paths, runs):
+        differs = [key for key in shared if saved["args"].get(key) != first.get(key)]
+        if differs:
+            parser.error(f"--report: {path} was run with other {', '.join(differs)} than {paths[0]}")
+    results = [r for saved in runs for r in saved["results"]]
+    args = argparse.Namespace(
+        **{key: first.get(key) for key in shared},
+        studies=[kind for kind in STUDIES if any(r["kind"] == kind for r in results)],
+        seeds=sorted({r["seed"] for r in results}),
+    )
+    for name in dict.fromkeys(r["task"] for r in results):
+        _report(name, [r for r in results if r["task"] == name], args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -366,12 +393,23 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=20, help="trials of each study (default: 20)")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every task's max_epochs")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per study (default: 1)")
+    parser.add_argument(
+        "--mu", type=float, help="configure NAG-GS at this mu (and gamma) instead of each task's own (0.1 on the networks)"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="studies run at once, one process each (default: 2)")
     parser.add_argument("--out", help="write every study's trial values here (JSON), updated as studies finish")
+    parser.add_argument(
+        "--report", nargs="+", metavar="JSON", help="train nothing: print the tables of runs saved with --out, merged"
+    )
     args = parser.parse_args()
+    if args.report:
+        _report_saved(args.report, parser)
+        return
     for flag in ("budget", "jobs", "threads"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.mu is not None and not args.mu > 0:
+        parser.error(f"--mu must be > 0, got {args.mu}")
     start = time.perf_counter()
     jobs = [(name, kind, seed) for name in args.tasks for seed in args.seeds for kind in args.studies]
     print(f"{len(jobs)} studies of {args.budget} trials, {args.jobs} at a time", flush=True)
