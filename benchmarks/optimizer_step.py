@@ -44,7 +44,7 @@ class FormulaLoop(torch.optim.Optimizer):
     the way the authors' public code is written: the baseline the fast paths are measured against."""
 
     def __init__(self, params, lr=0.1, mu=1.0, gamma=1.0):
-        super().__init__(params, dict(lr=lr, mu=mu, gamma=gamma))
+        super().__init__(params, {"lr": lr, "mu": mu, "gamma": gamma})
 
     @torch.no_grad()
     def step(self):

@@ -106,10 +106,12 @@ def part_b(grid: np.ndarray, seeds: Sequence[int], epochs: int, tolerances: Sequ
     print("    lr          " + "".join(f"{lr:>8.3g}" for lr in grid))
     accs = {}
     for name, (class_path, extra) in OPTIMIZERS.items():
-        def mean_accuracy(lr: float) -> float:
-            return statistics.mean(train_and_test(model, (class_path, {"lr": lr, **extra}), epochs, s) for s in seeds)
-
-        accs[name] = np.array([mean_accuracy(float(lr)) for lr in grid])
+        accs[name] = np.array(
+            [
+                statistics.mean(train_and_test(model, (class_path, {"lr": float(lr), **extra}), epochs, s) for s in seeds)
+                for lr in grid
+            ]
+        )
         print(f"    {name:12s}" + "".join(f"{100 * a:8.2f}" for a in accs[name]), flush=True)
     for name, acc in accs.items():
         trains = grid[acc >= 0.5]
@@ -154,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     lo, hi, per_decade = opts.grid
     if not 0.0 < lo < hi or per_decade < 1:
         parser.error(f"--grid needs 0 < MIN < MAX and PER_DECADE >= 1, got {opts.grid}")
-    grid = np.logspace(math.log10(lo), math.log10(hi), int(round(math.log10(hi / lo) * per_decade)) + 1)
+    grid = np.logspace(math.log10(lo), math.log10(hi), round(math.log10(hi / lo) * per_decade) + 1)
 
     torch.set_num_threads(opts.threads)
     warnings.filterwarnings("ignore")

@@ -30,7 +30,12 @@ import torch
 from lightning.pytorch.tuner import Tuner
 
 from naggs_lightning import suggest_lr
-from naggs_lightning.tasks import MLP, BreastCancerDataModule, DigitsDataModule, LogisticRegression
+from naggs_lightning.tasks import (
+    MLP,
+    BreastCancerDataModule,
+    DigitsDataModule,
+    LogisticRegression,
+)
 
 
 @dataclass
