@@ -52,6 +52,7 @@ import argparse
 import copy
 import importlib
 import json
+import math
 import multiprocessing
 import statistics
 import time
@@ -230,10 +231,16 @@ def _values(trials: list[optuna.trial.FrozenTrial]) -> list[float | None]:
 
 
 def _best_after(values: list[float | None], k: int, maximize: bool) -> float:
+    """The best value of the first k trials; if none of them finished, the worst possible (-inf when maximising):
+    a study with no model yet ranks below every study with one."""
     done = [v for v in values[:k] if v is not None]
     if not done:
-        return float("nan")
+        return -math.inf if maximize else math.inf
     return max(done) if maximize else min(done)
+
+
+def _show(value: float | None) -> str:
+    return "failed" if value is None or math.isinf(value) else f"{value:.4g}"
 
 
 def _seconds(study: optuna.Study) -> list[float]:
@@ -282,7 +289,7 @@ def _run_all(jobs: list[tuple[str, str, int]], args: argparse.Namespace) -> list
 
     def done(result: dict[str, Any]) -> None:
         results.append(result)
-        curve = " ".join("failed" if v is None else f"{v:.4g}" for v in result["values"][:5])
+        curve = " ".join(_show(v) for v in result["values"][:5])
         print(
             f"   done: {result['task']} {result['kind']} seed {result['seed']} in {result['seconds']:.0f} s "
             f"(first trials {curve})",
@@ -327,10 +334,10 @@ def _report(name: str, results: list[dict[str, Any]], args: argparse.Namespace) 
                 for why in w.get("restarts", []):
                     print(f"      {why}")
         for r in runs:
-            curve = " ".join(f"{_best_after(r['values'], k, maximize):.4g}" for k in ks)
+            curve = " ".join(_show(_best_after(r["values"], k, maximize)) for k in ks)
             seeded = ""
             if "seeded" in r:
-                seeded = "; seeded trials " + ", ".join("failed" if v is None else f"{v:.4g}" for v in r["seeded"])
+                seeded = "; seeded trials " + ", ".join(_show(v) for v in r["seeded"])
             print(f"   seed {r['seed']} {kind:<12} {curve}  ({r['seconds']:.0f} s{seeded})")
     print(f"\n{name}: median [min, max] over {len(args.seeds)} sampler seeds of the best {metric} after k trials")
     print("| study | " + " | ".join(f"k = {k}" for k in ks) + " |")
@@ -340,7 +347,7 @@ def _report(name: str, results: list[dict[str, Any]], args: argparse.Namespace) 
         cells = []
         for k in ks:
             column = [_best_after(r["values"], k, maximize) for r in runs]
-            cells.append(f"{statistics.median(column):.4g} [{min(column):.4g}, {max(column):.4g}]")
+            cells.append(f"{_show(statistics.median(column))} [{_show(min(column))}, {_show(max(column))}]")
             medians[kind] = statistics.median(column)  # ends at k = budget
         print(f"| {kind} | " + " | ".join(cells) + " |")
     for kind, runs in by_kind.items():
@@ -355,7 +362,7 @@ def _report(name: str, results: list[dict[str, Any]], args: argparse.Namespace) 
     naggs = [medians[kind] for kind in ("seeded", "unseeded") if kind in medians]
     if naggs and "adamw" in medians:
         best = max(naggs) if maximize else min(naggs)
-        print(f"NAG-GS best over {args.budget} trials (median): {best:.4g}; AdamW: {medians['adamw']:.4g}")
+        print(f"NAG-GS best over {args.budget} trials (median): {_show(best)}; AdamW: {_show(medians['adamw'])}")
     seeded_runs = by_kind.get("seeded", [])
     trial_s = [s for r in seeded_runs for s in r["trial_seconds"]]
     seed_s = [(r["seed_info"].get("warmup") or {}).get("seconds", float("nan")) for r in seeded_runs]
