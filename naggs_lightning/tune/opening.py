@@ -25,7 +25,7 @@ from naggs_lightning.tune.seed import TheorySeed
 from naggs_lightning.tune.seeding import Seeding
 from naggs_lightning.tune.space import SearchSpace
 
-__all__ = ["fingerprint", "open_study"]
+__all__ = ["config_fingerprint", "open_study"]
 
 #: How long a worker that found the study just created by another worker waits for its seed, polling.
 _READY_TIMEOUT_S = 120.0
@@ -46,7 +46,7 @@ def _wait_ready(study: optuna.Study) -> dict[str, Any]:
         time.sleep(_READY_POLL_S)
 
 
-def fingerprint(config: Mapping[str, Any] | None) -> str | None:
+def config_fingerprint(config: Mapping[str, Any] | None) -> str | None:
     """A hash of the merged config: a study resumes only with the config it was made with."""
     if config is None:
         return None

@@ -54,7 +54,7 @@ from naggs_lightning.tune.objective import (
     TrialBuilder,
     TrialParts,
 )
-from naggs_lightning.tune.opening import fingerprint, open_study
+from naggs_lightning.tune.opening import config_fingerprint, open_study
 from naggs_lightning.tune.options import TuneOptions
 from naggs_lightning.tune.report import Reporter, results_table, write_best, write_plots
 from naggs_lightning.tune.seed import naggs_hyperparameters
@@ -325,7 +325,7 @@ def run(
                 _pruner(opts.pruner),
                 declared=prepared.declared,
                 metric=opts.metric,
-                fingerprint=fingerprint(config_dict),
+                fingerprint=config_fingerprint(config_dict),
                 seeding=functools.partial(seed_new_study, prepared.probe, prepared.declared, prepared.reference, opts),
                 guard=guard,
             )
