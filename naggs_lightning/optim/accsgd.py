@@ -116,7 +116,7 @@ class AccSGD(CheckedOptimizer):
         """
         loss = closure_loss(closure)
         for group in self.param_groups:
-            _validate_group(group)  # a scheduler or the user may have changed the group since
+            self._check_hyperparameters(group)  # a scheduler or the user may have changed the group since
             params, grads, wbars = gather(self, group, "wbar", _copy)  # wbar_0 = w_0
             lr = check_lr(group["lr"])
             if not params or lr == 0.0:

@@ -147,7 +147,7 @@ class NAGGS(CheckedOptimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         if isinstance(group["lr"], Tensor):  # read once, when the group is added; a float is checked below
             check_lr(group["lr"])
-        _validate_group(group)
+        self._check_hyperparameters(group)
         if group["fused"]:
             _check_fused(group["params"], allow_meta=True)
         if isinstance(group["lr"], Tensor):
@@ -166,7 +166,7 @@ class NAGGS(CheckedOptimizer):
         loss = closure_loss(closure)
         for group in self.param_groups:
             # w = x - v starts at zero, since v_0 = x_0
-            _validate_group(group)
+            self._check_hyperparameters(group)  # a scheduler or the user may have changed the group since
             params, grads, bufs = gather(self, group, "momentum_buffer", torch.zeros_like)
             if not params:
                 continue
