@@ -26,6 +26,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from _trainer import quiet_trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -137,14 +138,7 @@ def monitored(action: str, alpha: float, batch, steps: int, every: int) -> dict:
     model = TanhMLP(lambda p: NAGGS(p, lr=alpha, mu=1.0, gamma=1.0))
     monitor, trace = SpectralStabilityMonitor(every_n_steps=every, on_unstable=action), LrTrace()
     loader = DataLoader(TensorDataset(*batch), batch_size=len(batch[0]))
-    trainer = pl.Trainer(
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[trace, monitor],
-    )
+    trainer = quiet_trainer(max_steps=steps, callbacks=[trace, monitor])
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always", StabilityWarning)
         trainer.fit(model, loader)

@@ -32,6 +32,7 @@ import warnings
 
 import lightning.pytorch as pl
 import torch
+from _trainer import quiet_trainer
 
 from naggs_lightning.callbacks import SpectralStabilityMonitor, StabilityWarning
 from naggs_lightning.tasks import MLP, DigitsCNN, DigitsDataModule
@@ -67,15 +68,7 @@ def run(task: str, steps: int, monitor: SpectralStabilityMonitor | None) -> tupl
     """Wall seconds, CPU seconds and the number of StabilityWarnings of one ``trainer.fit``."""
     pl.seed_everything(0, verbose=False)
     model, data = TASKS[task](), DigitsDataModule(batch_size=64)
-    trainer = pl.Trainer(
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[monitor] if monitor is not None else [],
-    )
+    trainer = quiet_trainer(max_steps=steps, limit_val_batches=0, callbacks=[monitor] if monitor is not None else [])
     data.setup("fit")
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always", StabilityWarning)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
+from _trainer import quiet_trainer
 from lightning.pytorch.tuner import Tuner
 
 from naggs_lightning import suggest_lr
@@ -76,15 +77,7 @@ def _tasks() -> list[Task]:
 
 
 def _trainer(epochs: int) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    return quiet_trainer(max_epochs=epochs, accelerator="cpu", devices=1)
 
 
 def _lr_find(task: Task) -> tuple[float, float]:
