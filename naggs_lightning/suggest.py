@@ -20,28 +20,10 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.utilities.parsing import lightning_hasattr, lightning_setattr
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from naggs_lightning.tune.seed import TheorySeed, measure_curvature, naggs_hyperparameters, warmed_up_seed
+from naggs_lightning.tune.seed import TheorySeed, measured_seed, naggs_hyperparameters
 from naggs_lightning.tune.warmup import CURVATURE_BATCHES, WARMUP_STEPS
 
 __all__ = ["suggest_lr", "TheoryLRFinder"]
-
-
-def _seed(
-    module: LightningModule,
-    batches: Any,
-    hyper: tuple[float, float, bool],
-    *,
-    safety: float,
-    warmup_steps: int,
-    curvature_batches: int,
-    device: Any,
-) -> TheorySeed:
-    """naggs-tune's seed: the warm-up at the optimizer's mu, then the step for the curvature it met."""
-    mu, gamma, fixed_gamma = hyper
-    warmup = measure_curvature(
-        module, batches, mu, warmup_steps=warmup_steps, n_batches=curvature_batches, device=device
-    )
-    return warmed_up_seed(warmup, gamma, safety=safety, fixed_gamma=fixed_gamma)
 
 
 def _hyperparameters(model: LightningModule, mu: float | None, gamma: float | None) -> tuple[float, float, bool]:
@@ -90,11 +72,17 @@ def suggest_lr(
         print(seed.describe())
         model.lr = seed.alpha
     """
-    hyper = _hyperparameters(model, mu, gamma)
-    device = next(model.parameters()).device
-    return _seed(
-        model, datamodule, hyper, safety=safety, warmup_steps=warmup_steps, curvature_batches=curvature_batches,
-        device=device,
+    mu, gamma, fixed_gamma = _hyperparameters(model, mu, gamma)
+    return measured_seed(
+        model,
+        datamodule,
+        mu,
+        gamma,
+        fixed_gamma=fixed_gamma,
+        safety=safety,
+        warmup_steps=warmup_steps,
+        n_batches=curvature_batches,
+        device=next(model.parameters()).device,
     )
 
 
@@ -155,14 +143,16 @@ class TheoryLRFinder(Callback):
 
     def lr_find(self, trainer: Trainer, pl_module: LightningModule) -> TheorySeed:
         """Measure, compute the step, apply it; returns the :class:`~naggs_lightning.tune.seed.TheorySeed`."""
-        hyper = _hyperparameters_of(trainer)
-        seed = _seed(
+        mu, gamma, fixed_gamma = _hyperparameters_of(trainer)
+        seed = measured_seed(
             pl_module,
             _TrainerBatches(trainer),
-            hyper,
+            mu,
+            gamma,
+            fixed_gamma=fixed_gamma,
             safety=self.safety,
             warmup_steps=self.warmup_steps,
-            curvature_batches=self.curvature_batches,
+            n_batches=self.curvature_batches,
             device=trainer.strategy.root_device,
         )
         seed = trainer.strategy.broadcast(seed)  # every rank trains with rank 0's step
@@ -171,14 +161,13 @@ class TheoryLRFinder(Callback):
             name = self.attr_name or next((n for n in ("lr", "learning_rate") if lightning_hasattr(pl_module, n)), "")
             if name:
                 lightning_setattr(pl_module, name, seed.alpha)
-        for opt in trainer.optimizers:
-            if any("gamma" in group for group in opt.param_groups):
-                for group in opt.param_groups:
-                    group["lr"] = seed.alpha
-                    if "initial_lr" in group:
-                        group["initial_lr"] = seed.alpha
+        for opt in filter(_is_naggs, trainer.optimizers):
+            for group in opt.param_groups:
+                group["lr"] = seed.alpha
+                if "initial_lr" in group:
+                    group["initial_lr"] = seed.alpha
         for config in trainer.lr_scheduler_configs:
-            if any("gamma" in group for group in config.scheduler.optimizer.param_groups):
+            if _is_naggs(config.scheduler.optimizer):
                 config.scheduler.base_lrs = [seed.alpha] * len(config.scheduler.base_lrs)
         rank_zero_info(f"TheoryLRFinder: {seed.describe()}; learning rate set to {seed.alpha:.4g}")
         return seed
@@ -187,9 +176,13 @@ class TheoryLRFinder(Callback):
         self.lr_find(trainer, pl_module)
 
 
+def _is_naggs(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is NAG-GS-like: its parameter groups hold a ``gamma`` (and ``mu``)."""
+    return any("gamma" in group for group in optimizer.param_groups)
+
+
 def _hyperparameters_of(trainer: Trainer) -> tuple[float, float, bool]:
-    for opt in trainer.optimizers:
-        group = next((g for g in opt.param_groups if "gamma" in g), None)
-        if group is not None:
-            return float(group["mu"]), float(group["gamma"]), bool(group.get("fixed_gamma", False))
+    for opt in filter(_is_naggs, trainer.optimizers):
+        group = next(g for g in opt.param_groups if "gamma" in g)
+        return float(group["mu"]), float(group["gamma"]), bool(group.get("fixed_gamma", False))
     raise ValueError("TheoryLRFinder: no NAGGS optimizer (no parameter group with mu and gamma) in the trainer")

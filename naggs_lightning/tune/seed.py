@@ -61,6 +61,7 @@ __all__ = [
     "RelativeAlpha",
     "TheorySeed",
     "measure_curvature",
+    "measured_seed",
     "naggs_hyperparameters",
     "theory_seed",
     "warmed_up_seed",
@@ -213,6 +214,23 @@ def warmed_up_seed(warmup: WarmupResult, gamma: float, *, safety: float = 0.9, f
     if seed.alpha > warmup.cap:
         seed = theory_seed(seed.lambda_max, seed.mu, seed.gamma, safety=safety * warmup.cap / seed.alpha)
     return replace(seed, warmup=warmup)
+
+
+def measured_seed(
+    module: LightningModule,
+    datamodule: LightningDataModule | None,
+    mu: float,
+    gamma: float,
+    *,
+    fixed_gamma: bool = False,
+    safety: float = 0.9,
+    warmup_steps: int = WARMUP_STEPS,
+    n_batches: int = CURVATURE_BATCHES,
+    device: torch.device | str = "cpu",
+) -> TheorySeed:
+    """The seed for ``module`` at ``mu``: :func:`measure_curvature` (the warm-up), then :func:`warmed_up_seed`."""
+    warmup = measure_curvature(module, datamodule, mu, warmup_steps=warmup_steps, n_batches=n_batches, device=device)
+    return warmed_up_seed(warmup, gamma, safety=safety, fixed_gamma=fixed_gamma)
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,8 @@ from naggs_lightning.tune.options import TuneOptions
 from naggs_lightning.tune.seed import (
     RelativeAlpha,
     TheorySeed,
-    measure_curvature,
+    measured_seed,
     naggs_hyperparameters,
-    warmed_up_seed,
 )
 from naggs_lightning.tune.space import SearchSpace
 
@@ -52,15 +51,17 @@ def seed_new_study(probe: TrialParts, declared: SearchSpace, reference: dict[str
     if isinstance(gamma_dist, FloatDistribution):
         # gamma = mu is the best (alpha, gamma) pair of the quadratic analysis; gamma relaxes to mu anyway.
         gamma = min(max(mu, gamma_dist.low), gamma_dist.high)
-    warmup = measure_curvature(
+    seed = measured_seed(
         probe.model,
         probe.datamodule,
         mu,
+        gamma,
+        fixed_gamma=fixed_gamma,
+        safety=opts.safety,
         warmup_steps=opts.warmup_steps,
         n_batches=opts.curvature_batches,
         device=probe.trainer.strategy.root_device,
     )
-    seed = warmed_up_seed(warmup, gamma, safety=opts.safety, fixed_gamma=fixed_gamma)
     relative = RelativeAlpha(
         seed.lambda_max, seed.safety, opts.seed_window, alpha_dist.low, alpha_dist.high, fixed_gamma
     )
