@@ -182,7 +182,7 @@ def parse_spec(name: str, spec: Any) -> BaseDistribution | None:
         if _structured(choices):
             # Optuna's categorical choices are scalars: list- or mapping-valued choices (layer sizes,
             # ``[[64], [128, 64]]``) are stored as their JSON text and decoded by SearchSpace.
-            texts = tuple(json.dumps(c, sort_keys=True) for c in choices)
+            texts = tuple(_as_text(c) for c in choices)
             if len(set(texts)) != len(texts):
                 raise TuneError(f"{name}: repeated choices in {list(choices)}")
             return CategoricalDistribution(texts)
@@ -198,6 +198,11 @@ def parse_spec(name: str, spec: Any) -> BaseDistribution | None:
             low, high, scale = match.groups()
             return _range(name, low, high, log=scale == "log")
     return None
+
+
+def _as_text(choice: Any) -> str:
+    """How a structured (list- or mapping-valued) choice is stored in Optuna; ``json.loads`` reads it back."""
+    return json.dumps(choice, sort_keys=True)
 
 
 def _structured(choices: tuple[Any, ...]) -> bool:
@@ -300,7 +305,7 @@ class SearchSpace:
 
     def encode(self, point: Mapping[str, Any]) -> dict[str, Any]:
         """``point`` (values as the model takes them) as Optuna stores them, for ``enqueue_trial``."""
-        return {n: json.dumps(v, sort_keys=True) if n in self.structured else v for n, v in point.items()}
+        return {n: _as_text(v) if n in self.structured else v for n, v in point.items()}
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         """Every parameter's value for ``trial`` (sampled, derived and fixed), keyed as the model needs them.
