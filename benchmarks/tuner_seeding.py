@@ -178,6 +178,18 @@ def _instantiate(spec: dict[str, Any]) -> Any:
     return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
 
 
+def _settings(metric: str, budget: int, sampler_seed: int) -> dict[str, Any]:
+    """What every study shares: the metric, the budget, an in-memory storage, TPE's seed, no pruning, quiet."""
+    return {
+        "metric": metric,
+        "n_trials": budget,
+        "storage": None,
+        "sampler_seed": sampler_seed,
+        "pruner": "none",
+        "verbose": False,
+    }
+
+
 def _adamw_study(config: dict[str, Any], metric: str, budget: int, seed: int) -> optuna.Study:
     """AdamW in factory mode: the task's model and data from the config, the trainer's settings as given."""
 
@@ -194,13 +206,8 @@ def _adamw_study(config: dict[str, Any], metric: str, budget: int, seed: int) ->
         datamodule=lambda params: _instantiate(config["data"]),
         trainer_kwargs=config["trainer"],
         space={**ADAMW_SPACE, "mu": 0.0, "gamma": 1.0},  # pinned: factory names the model ignores
-        metric=metric,
-        n_trials=budget,
-        storage=None,
-        sampler_seed=seed,
-        pruner="none",
         seed=False,
-        verbose=False,
+        **_settings(metric, budget, seed),
     )
 
 
@@ -210,16 +217,7 @@ def _study(kind: str, config: dict[str, Any], metric: str, budget: int, seed: in
     options: dict[str, Any] = {"seed": kind != "unseeded"}
     if kind == "seeded@init":
         options.update(warmup_steps=0, curvature_batches=4)
-    return run(
-        {**config, "seed_everything": 0},
-        metric=metric,
-        n_trials=budget,
-        storage=None,
-        sampler_seed=seed,
-        pruner="none",
-        verbose=False,
-        **options,
-    )
+    return run({**config, "seed_everything": 0}, **_settings(metric, budget, seed), **options)
 
 
 def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
