@@ -131,11 +131,16 @@ def _space(args: Namespace) -> dict[str, Any]:
     return space
 
 
+def _study_name(args: Namespace) -> str:
+    """``--study-name``, or the last ``--config`` file's name without extension."""
+    return args.study_name or Path(args.config[-1]).stem
+
+
 def _options(args: Namespace) -> TuneOptions:
     from naggs_lightning.tune.options import TuneOptions
 
     values = {f.name: args.get(f.name, f.default) for f in dataclasses.fields(TuneOptions)}
-    values["study_name"] = values["study_name"] or Path(args.config[-1]).stem
+    values["study_name"] = _study_name(args)
     if values["output_dir"] is None:
         values["output_dir"] = Path("naggs-tune-out") / values["study_name"]
     return TuneOptions(**values)
@@ -178,7 +183,7 @@ def _main(argv: list[str] | None, seen: dict[str, str | None]) -> int:
 
     import_from_working_directory()
     args = build_parser().parse_args(argv)
-    seen["study"] = args.study_name or Path(args.config[-1]).stem
+    seen["study"] = _study_name(args)
     try:
         from rich.console import Console
 
