@@ -4,8 +4,10 @@
 over it, its flags generated from :class:`TuneOptions`. The parts: :mod:`~naggs_lightning.tune.options`
 (the options, validated once), :mod:`~naggs_lightning.tune.space` (search space),
 :mod:`~naggs_lightning.tune.seed` (theory seed from the estimated curvature),
-:mod:`~naggs_lightning.tune.objective` (one trial), :mod:`~naggs_lightning.tune.storage` (Optuna RDB
-storage), :mod:`~naggs_lightning.tune.interrupts` (Ctrl-C), :mod:`~naggs_lightning.tune.keys` (the
+:mod:`~naggs_lightning.tune.warmup` (the warm-up that measures it), :mod:`~naggs_lightning.tune.objective`
+(one trial), :mod:`~naggs_lightning.tune.opening` and :mod:`~naggs_lightning.tune.seeding` (resuming or
+creating and seeding a study), :mod:`~naggs_lightning.tune.workers` (the trial loop),
+:mod:`~naggs_lightning.tune.storage` (Optuna RDB storage), :mod:`~naggs_lightning.tune.interrupts` (Ctrl-C), :mod:`~naggs_lightning.tune.keys` (the
 names of the study's and trials' attributes), :mod:`~naggs_lightning.tune.report` (progress, table,
 best.yaml, plots) and :mod:`~naggs_lightning.tune.study` (the driver).
 

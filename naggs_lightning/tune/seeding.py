@@ -1,6 +1,6 @@
 """Seeding a new study: the theory's step for the curvature the run will meet, and the space around it.
 
-The curvature is measured once per study (:func:`~naggs_lightning.tune.seed.measure_curvature`, a
+The curvature is measured once per study (:func:`~naggs_lightning.tune.seed.measured_seed`: a
 short warm-up on a copy of the model), at the mu the configured (or the model's own) NAGGS uses. The
 first ``seed_trials`` trials are enqueued at the seed, then half and a quarter of it; every later
 trial searches alpha as a multiple of the theory's step for its own mu
