@@ -418,3 +418,39 @@ def test_probe_batch_reads_the_top_eigenvalue_sharpness_and_loss_from_one_graph(
     assert probe.loss == pytest.approx(float(module.compute_loss(digits)), rel=1e-6)
     warm = probe_batch(module, digits, tol=1e-3, init=probe.eigen.vector)
     assert warm.eigen.n_matvecs <= 2  # warm-started from the eigenvector
+
+
+def test_exact_products_through_torch_attention_match_the_full_hessian():
+    """nn.TransformerEncoderLayer runs torch's fused attention, which has no double backward; the probe runs it
+    on the math kernel, so the exact top eigenvalue equals that of the Hessian built entry by entry."""
+    torch.manual_seed(0)
+
+    class Module(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, inputs):
+            return self.head(self.layer(inputs).mean(1))
+
+        def compute_loss(self, batch):
+            inputs, labels = batch
+            return nn.functional.cross_entropy(self(inputs), labels)
+
+    module = Module()
+    batch = (torch.randn(4, 5, 4), torch.randint(0, 3, (4,)))
+    lam = estimate_top_eigenvalue(module, [batch], max_iter=100, tol=1e-9)
+
+    names = [n for n, _ in module.named_parameters()]
+    shapes = [p.shape for p in module.parameters()]
+    flat = torch.cat([p.detach().flatten() for p in module.parameters()])
+
+    def loss_of(vector):
+        tensors = dict(zip(names, (t.view(s) for t, s in zip(vector.split([s.numel() for s in shapes]), shapes))))
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            logits = torch.func.functional_call(module, tensors, (batch[0],))
+        return nn.functional.cross_entropy(logits, batch[1])
+
+    exact = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss_of, flat)).max().item()
+    assert lam == pytest.approx(exact, rel=1e-3)

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from naggs_lightning.curvature.eigen import Algorithm, EigenResult, extreme_eigenpair, rayleigh_quotient
 from naggs_lightning.curvature.operator import HessianOperator, Method
@@ -79,6 +80,10 @@ def _probe_mode(module: nn.Module, params: Sequence[Tensor]) -> Iterator[None]:
         for device_type in {"cpu"} | {p.device.type for p in params}:
             stack.enter_context(torch.autocast(device_type, enabled=False))
         stack.enter_context(torch.enable_grad())
+        # The fused attention kernels (flash, memory-efficient; flash is torch's CPU default) have no double
+        # backward: an exact product through nn.MultiheadAttention / nn.TransformerEncoderLayer would fail.
+        # The math kernel computes the same attention and is twice differentiable.
+        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
         try:
             for m in module.modules():
                 if isinstance(m, nn.modules.dropout._DropoutNd):
@@ -114,7 +119,8 @@ def module_hessian(
 
     Inside the context the module is probed without side effects on the training run: autocast off
     (products in the parameters' precision: fp32 for AMP training), dropout modules in eval mode,
-    BatchNorm in its current mode with every buffer (running statistics) restored on exit, the CPU and
+    BatchNorm in its current mode with every buffer (running statistics) restored on exit, attention through
+    ``scaled_dot_product_attention`` on its math kernel (the fused ones have no double backward), the CPU and
     CUDA RNG states restored, ``.grad`` untouched, and each submodule's ``training`` flag restored.
     Dropout written as ``F.dropout(x, training=self.training)`` in a custom module is not switched off
     (it is still deterministic within one exact product, but adds noise across finite differences).
