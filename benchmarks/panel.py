@@ -1,0 +1,212 @@
+"""Does a Lightning user end with a better model? NAG-GS against what they would use instead, on a panel of user models.
+
+The panel (:mod:`panel_models`): an MLP, a plain CNN, a CNN with BatchNorm and residual blocks, a Transformer
+encoder, and a GRU (held out: it was not run while the defaults and ``suggest_lr`` were designed, and is
+reported apart). Every run trains from the same initialisation per seed, on one CPU thread, and the score is
+the final validation accuracy (median over ``--seeds``; a run whose loss went non-finite scores 0).
+
+Parts (``--parts``):
+
+* ``defaults``: ``NAGGS(model.parameters())`` at its defaults; torch SGD-Nesterov (0.1, 0.9); AdamW (1e-3).
+* ``lr_find``: Lightning's ``Tuner.lr_find`` (its defaults, 100 steps) for SGD-Nesterov, AdamW and NAGGS, each then
+  trained at the suggestion; NAGGS also at ``naggs_lightning.suggest_lr``'s lr; the seconds each tool took.
+* ``tune``: best validation accuracy after k trials (median over sampler seeds) of ``naggs-tune``
+  (``naggs_lightning.tune.run``, its default space and seeding) against an Optuna TPE study over AdamW's lr and
+  weight decay, written as a user would (``trial.suggest_float``), and the fraction of naggs-tune's trials after
+  the seeded ones that end within 0.02 of chance.
+
+Runs: ``python benchmarks/panel.py --parts defaults lr_find`` (about 10 minutes on the 2-core machine),
+``python benchmarks/panel.py --parts tune --budget 20`` (longer: ``--jobs 2``). ``--models`` picks models;
+``--held-out`` adds the GRU. ``--optimizer-args`` sets NAGGS's keyword arguments for the ``defaults`` part
+(to compare candidate defaults: ``--optimizer-args '{"lr": 0.2, "mu": 0.1, "gamma": 0.1}'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _trainer import quiet_trainer  # noqa: E402
+from panel_models import DigitsData, MajorityData, WaveData  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    module: str  # class name in panel_models
+    data: str  # data module class name in panel_models
+    epochs: int
+    chance: float
+
+
+PANEL = {
+    "mlp": Model("mlp", "PanelMLP", "DigitsData", 8, 0.1),
+    "cnn": Model("cnn", "PanelCNN", "DigitsData", 8, 0.1),
+    "resnet": Model("resnet", "PanelResNet", "DigitsData", 6, 0.1),
+    "transformer": Model("transformer", "PanelTransformer", "MajorityData", 8, 0.125),
+}
+HELD_OUT = {"gru": Model("gru", "PanelGRU", "WaveData", 6, 0.2)}
+DATA = {"DigitsData": DigitsData, "MajorityData": MajorityData, "WaveData": WaveData}
+
+Factory = Callable[[Iterable[torch.Tensor], float], torch.optim.Optimizer]
+
+
+def _naggs(**kwargs: Any) -> Factory:
+    from naggs_lightning import NAGGS
+
+    return lambda params, lr: NAGGS(params, lr=lr, **kwargs)
+
+
+def _sgd(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
+
+
+def _adamw(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr)
+
+
+def _module(model: Model, factory: Factory, lr: float) -> pl.LightningModule:
+    import panel_models
+
+    module = getattr(panel_models, model.module)(lr=lr)
+    module.optimizer_factory = factory
+    return module
+
+
+def train(model: Model, factory: Factory, lr: float, seed: int) -> float:
+    """Final validation accuracy of ``model`` trained with ``factory`` at ``lr`` from seed ``seed`` (0 if it diverged)."""
+    pl.seed_everything(seed, verbose=False)
+    module = _module(model, factory, lr)
+    trainer = quiet_trainer(max_epochs=model.epochs, accelerator="cpu", devices=1, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=DATA[model.data]())
+    acc = float(trainer.callback_metrics.get("val_acc", math.nan))
+    loss = float(trainer.callback_metrics.get("val_loss", math.nan))
+    return acc if math.isfinite(loss) and math.isfinite(acc) else 0.0
+
+
+def lightning_lr_find(model: Model, factory: Factory, start_lr: float) -> tuple[float, float]:
+    """Lightning's ``lr_find`` suggestion at its defaults, and the seconds it took."""
+    from lightning.pytorch.tuner import Tuner
+
+    pl.seed_everything(0, verbose=False)
+    module = _module(model, factory, start_lr)
+    start = time.perf_counter()
+    finder = Tuner(quiet_trainer(max_epochs=100, accelerator="cpu", devices=1)).lr_find(
+        module, datamodule=DATA[model.data](), update_attr=False
+    )
+    suggestion = finder.suggestion() if finder is not None else None
+    return float(suggestion if suggestion is not None else start_lr), time.perf_counter() - start
+
+
+def naggs_suggest_lr(model: Model) -> tuple[float, float, str]:
+    """``naggs_lightning.suggest_lr`` at NAGGS's defaults, the seconds it took, and its explanation."""
+    from naggs_lightning import suggest_lr
+
+    pl.seed_everything(0, verbose=False)
+    module = _module(model, _naggs(), 0.1)
+    start = time.perf_counter()
+    seed = suggest_lr(module, DATA[model.data]())
+    return seed.alpha, time.perf_counter() - start, seed.describe()
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def _row(label: str, scores: list[float], extra: str = "") -> str:
+    cells = " ".join(f"{s:.3f}" for s in scores)
+    return f"  {label:<34} {_median(scores):>6.3f}   [{cells}] {extra}"
+
+
+def part_defaults(models: list[Model], seeds: list[int], naggs_args: dict[str, Any]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    label = "NAGGS(" + ", ".join(f"{k}={v}" for k, v in naggs_args.items()) + ")"
+    runs = {
+        label: (_naggs(**{k: v for k, v in naggs_args.items() if k != "lr"}), naggs_args.get("lr")),
+        "SGD-Nesterov(0.1, 0.9)": (_sgd, 0.1),
+        "AdamW(1e-3)": (_adamw, 1e-3),
+    }
+    for model in models:
+        print(f"{model.name} (chance {model.chance})", flush=True)
+        out[model.name] = {}
+        for name, (factory, lr) in runs.items():
+            if lr is None:  # NAGGS at its own default lr
+                from naggs_lightning import NAGGS
+
+                lr = NAGGS([torch.zeros(1, requires_grad=True)]).defaults["lr"]
+            scores = [train(model, factory, lr, s) for s in seeds]
+            out[model.name][name] = _median(scores)
+            print(_row(name, scores), flush=True)
+    return out
+
+
+def part_lr_find(models: list[Model], seeds: list[int]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for model in models:
+        print(f"{model.name} (chance {model.chance})", flush=True)
+        out[model.name] = {}
+        for name, factory, start in (
+            ("SGD-Nesterov @ lr_find", _sgd, 0.1),
+            ("AdamW @ lr_find", _adamw, 1e-3),
+            ("NAGGS @ lr_find", _naggs(), 0.1),
+        ):
+            lr, seconds = lightning_lr_find(model, factory, start)
+            scores = [train(model, factory, lr, s) for s in seeds]
+            out[model.name][name] = _median(scores)
+            print(_row(name, scores, f"lr {lr:.3g}, {seconds:.1f} s"), flush=True)
+        lr, seconds, why = naggs_suggest_lr(model)
+        scores = [train(model, _naggs(), lr, s) for s in seeds]
+        out[model.name]["NAGGS @ suggest_lr"] = _median(scores)
+        print(_row("NAGGS @ suggest_lr", scores, f"lr {lr:.3g}, {seconds:.1f} s"), flush=True)
+        print(f"    suggest_lr: {why}", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", default=["defaults", "lr_find"], choices=["defaults", "lr_find", "tune"])
+    parser.add_argument("--models", nargs="+", default=list(PANEL), choices=[*PANEL, *HELD_OUT])
+    parser.add_argument("--held-out", action="store_true", help="add the held-out GRU")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--optimizer-args", type=json.loads, default={}, help="NAGGS keyword arguments (JSON)")
+    parser.add_argument("--out", type=Path, help="save the medians as JSON")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    models = [{**PANEL, **HELD_OUT}[m] for m in args.models] + (list(HELD_OUT.values()) if args.held_out else [])
+    seeds = list(range(args.seeds))
+    results: dict[str, Any] = {}
+    start = time.perf_counter()
+    if "defaults" in args.parts:
+        print("== defaults: final val_acc, median of seeds [each seed]")
+        results["defaults"] = part_defaults(models, seeds, args.optimizer_args)
+    if "lr_find" in args.parts:
+        print("== at a found lr: final val_acc, median of seeds [each seed]")
+        results["lr_find"] = part_lr_find(models, seeds)
+    print(f"({time.perf_counter() - start:.0f} s)")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method("spawn", force=True)
+    main()
