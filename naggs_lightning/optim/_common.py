@@ -1,14 +1,27 @@
-"""What the optimizers of this package share: hyper-parameter checks, state gathering, path choice."""
+"""What the optimizers of this package share: hyper-parameter checks, state gathering, path choice, the
+step's skeleton, the doc text of the ``foreach`` / ``fused`` arguments, and the test "is this NAG-GS?"."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+
+def is_naggs(optimizer_or_group: Optimizer | Mapping[str, Any]) -> bool:
+    """Whether an optimizer (any of its parameter groups) or one parameter group is NAG-GS: the group
+    carries ``mu`` and ``gamma``.
+
+    The one answer to "is this NAG-GS?" for the theory's readers (seed, lr finder, monitors): they read
+    the group's mu and gamma, whatever the optimizer's class.
+    """
+    if isinstance(optimizer_or_group, Optimizer):
+        return any(is_naggs(group) for group in optimizer_or_group.param_groups)
+    return "mu" in optimizer_or_group and "gamma" in optimizer_or_group
 
 
 # Keys that torch's Optimizer.__setstate__ adds to ``defaults`` for its own optimizers; they are not
