@@ -39,12 +39,12 @@ class _TrainerBatches:
 class TheoryLRFinder(Callback):
     """Sets the NAG-GS step from the theory when training starts, in the shape of Lightning's ``LearningRateFinder``.
 
-    At ``on_train_start`` (the first moment the trainer's training batches exist) it measures the top
-    Hessian eigenvalue after :func:`~naggs_lightning.lr.suggest_lr`'s warm-up (on a copy of the model) and
-    computes its step for the optimizer's mu and gamma; with ``update_attr`` it writes it to the model's ``lr`` / ``learning_rate``
-    attribute (or ``attr_name``), and always to every NAGGS parameter group (and the base lr of
-    schedulers on those optimizers), so the run trains with it. Under DDP rank 0's measurement is
-    broadcast so every rank uses the same step. The result is kept in :attr:`optimal_lr`.
+    At ``on_train_start`` (the first moment the trainer's training batches exist) it measures the top Hessian
+    eigenvalue after :func:`~naggs_lightning.lr.suggest_lr`'s warm-up (on a copy of the model) and computes its
+    step for the optimizer's mu and gamma; with ``update_attr`` it writes it to the model's ``lr`` /
+    ``learning_rate`` attribute (or ``attr_name``), and always to every NAGGS parameter group (and the base lr
+    of schedulers on those optimizers), so the run trains with it. Under DDP rank 0's measurement is broadcast
+    so every rank uses the same step. The result is kept in :attr:`optimal_lr`.
 
     Args:
         safety: factor in (0, 1] on the theory's step.
