@@ -10,7 +10,7 @@
     5 % by default) of its best, and the ratio of NAG-GS's width to the others'. A range that reaches the end
     of the grid is a lower bound (printed with ">=").
 
-Every run goes through :func:`naggs_lightning.cli.build_cli`, as ``naggs-train`` would. The data split is fixed
+Every run goes through :func:`naggs_lightning.lightning_cli.build_cli`, as ``naggs-train`` would. The data split is fixed
 (seed 0); ``--seeds`` vary the initialisation and the batch order.
 
     python benchmarks/paper_claims.py                     # both parts: about 2.5 min of CPU time on one core
@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from naggs_lightning.cli import build_cli
+from naggs_lightning.lightning_cli import build_cli
 
 TRAINER = {
     "logger": False,

@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from naggs_lightning.cli import build_cli
+from naggs_lightning.lightning_cli import build_cli
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 

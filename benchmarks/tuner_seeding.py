@@ -5,7 +5,7 @@ pruning, every trial trained from the same initialisation (``seed_everything(0)`
 Lightning trainer settings:
 
 * ``seeded``: ``naggs_lightning.tune.run(..., seed=True)``, naggs-tune's default: the curvature is read
-  after a short staged warm-up of a copy of the model (:mod:`naggs_lightning.tune.warmup`), three
+  after a short staged warm-up of a copy of the model (:mod:`naggs_lightning.lr.warmup`), three
   seeded trials (the theory's step, half, a quarter), then alpha searched as a multiple in [0.1, 10]
   of the theory's step for each trial's mu; mu and gamma over naggs-tune's default ranges.
 * ``seeded@init`` (``--studies``): the same with the curvature read at initialisation over four

@@ -8,7 +8,9 @@ Public API:
 * :class:`SpectralStabilityMonitor`: a Lightning callback that watches the iteration's stability.
 * :func:`suggest_lr` and the :class:`TheoryLRFinder` callback: the theory's step for a model in one call.
 * :class:`GammaMonitor`: logs gamma and mu per parameter group (LearningRateMonitor-style keys).
-* :mod:`naggs_lightning.tune` (``naggs-tune``) and :mod:`naggs_lightning.cli` (``naggs-train``).
+* :mod:`naggs_lightning.lr`: the theory's step for a model (warm-up, measured seed), without Optuna.
+* :mod:`naggs_lightning.tune` (``naggs-tune``) and :mod:`naggs_lightning.cli` (``naggs-train``), both built on
+  :mod:`naggs_lightning.lightning_cli`.
 
 The names are imported on first use (PEP 562): ``import naggs_lightning.tune.cli`` does not import torch,
 so the console scripts own Ctrl-C from their first line on, before the heavy imports start.
@@ -20,13 +22,13 @@ from naggs_lightning._lazy import lazy_exports
 _EXPORTS = {
     "NAGGS": "naggs_lightning.optim",
     "AccSGD": "naggs_lightning.optim",
-    "GammaMonitor": "naggs_lightning.gamma_monitor",
+    "GammaMonitor": "naggs_lightning.callbacks",
     "SpectralStabilityMonitor": "naggs_lightning.callbacks",
     "StabilityWarning": "naggs_lightning.callbacks",
-    "TheoryLRFinder": "naggs_lightning.suggest",
+    "TheoryLRFinder": "naggs_lightning.callbacks",
     "estimate_bottom_eigenvalue": "naggs_lightning.curvature",
     "estimate_top_eigenvalue": "naggs_lightning.curvature",
-    "suggest_lr": "naggs_lightning.suggest",
+    "suggest_lr": "naggs_lightning.lr",
 }
 _SUBMODULES = ("curvature", "theory")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from naggs_lightning.cli import build_cli
+from naggs_lightning.lightning_cli import build_cli
 from naggs_lightning.optim import NAGGS, AccSGD
 from naggs_lightning.tasks import MLP, DigitsDataModule, LogisticRegression
 

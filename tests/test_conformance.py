@@ -282,6 +282,30 @@ def test_a_tensor_lr_with_several_elements_is_a_value_error_naming_lr(spec):
         spec.cls(_model().parameters(), lr=torch.tensor([0.1, 0.2]))
 
 
+# torch's own generic error inputs pass params=None: the hyper-parameters are checked before params is read.
+@pytest.mark.parametrize("spec", SPEC_CASES)
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"lr": torch.tensor([0.1, 0.2])}, r"\blr\b.*one-element"),
+        ({"lr": -1.0}, r"\blr must be finite and >= 0"),
+        ({"weight_decay": -1.0}, r"\bweight_decay must be finite and >= 0"),
+    ],
+)
+def test_hyper_parameters_are_checked_before_params_is_read(spec, kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        spec.cls(None, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "name"),
+    [(NAGGS, {"mu": -1.0}, "mu"), (NAGGS, {"gamma": 0.0}, "gamma"), (AccSGD, {"kappa": 0.0}, "kappa")],
+)
+def test_each_optimizers_own_hyper_parameters_are_checked_before_params_is_read(cls, kwargs, name):
+    with pytest.raises(ValueError, match=rf"\b{name} must be"):
+        cls(None, **kwargs)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Complex parameters
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from naggs_lightning.cli import build_cli
+from naggs_lightning.lightning_cli import build_cli
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
 STEPS = 3

@@ -15,11 +15,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from naggs_lightning.lr import (
+    LRError,
+    TheorySeed,
+    theory_seed,
+    warm_up_curvature,
+    warmed_up_seed,
+)
 from naggs_lightning.optim import NAGGS
 from naggs_lightning.tasks import DeepDigitsCNN, SignalCNN, SignalDataModule
-from naggs_lightning.tune import TuneError, run, theory_seed
-from naggs_lightning.tune.seed import TheorySeed, warmed_up_seed
-from naggs_lightning.tune.warmup import warm_up_curvature
+from naggs_lightning.tune import run
 
 _GEN = torch.Generator().manual_seed(0)
 _X = torch.randn(128, 6, generator=_GEN) * torch.linspace(0.5, 2.5, 6)
@@ -62,7 +67,7 @@ def test_warm_up_on_a_quadratic_reads_the_exact_curvature_and_leaves_the_model_a
     model = LeastSquares()
     rng = torch.random.get_rng_state()
     mu = 0.05
-    result = warm_up_curvature(model, _batches(), mu, steps=12, stages=3, final_batches=2)
+    result = warm_up_curvature(model, _batches(), mu, warmup_steps=12, stages=3, curvature_batches=2)
     assert torch.equal(model.w.detach(), torch.zeros(6)) and torch.equal(torch.random.get_rng_state(), rng)
     tops = _exact_tops()
     # The first batch is read before and after: a quadratic's curvature does not move.
@@ -110,7 +115,7 @@ def test_a_warm_up_that_diverges_restarts_at_half_the_step_and_caps_the_seed():
     batches = DataLoader(TensorDataset(torch.ones(8, 1)), batch_size=4)
     first = 0.9 * 2 * (1 + math.sqrt(2))  # no curvature: the all-stable regime's step at mu = 1
     limit = (_travel(first, 12) + _travel(first / 2, 12)) / 2  # passed at the full step, not at half
-    result = warm_up_curvature(Runaway(limit), batches, 1.0, steps=12, stages=3)
+    result = warm_up_curvature(Runaway(limit), batches, 1.0, warmup_steps=12, stages=3)
     assert len(result.restarts) == 1 and "non-finite" in result.restarts[0]
     assert result.cap == pytest.approx(first / 2)
     assert all(r.alpha <= result.cap for r in result.readings)
@@ -123,29 +128,29 @@ def test_a_warm_up_that_diverges_restarts_at_half_the_step_and_caps_the_seed():
 
 def test_a_warm_up_that_always_diverges_is_a_clear_error():
     batches = DataLoader(TensorDataset(torch.ones(8, 1)), batch_size=4)
-    with pytest.raises(TuneError, match=r"warm-up at mu = 1 failed 4 times"):
-        warm_up_curvature(Runaway(1e-6), batches, 1.0, steps=6, stages=3)
+    with pytest.raises(LRError, match=r"warm-up at mu = 1 failed 4 times"):
+        warm_up_curvature(Runaway(1e-6), batches, 1.0, warmup_steps=6, stages=3)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
         ({"mu": 0.0}, "needs mu > 0"),
-        ({"steps": -1}, "warmup_steps must be an integer >= 0"),
-        ({"stages": 0}, "warmup_stages must be an integer >= 1"),
+        ({"warmup_steps": -1}, "warmup_steps must be an integer >= 0"),
+        ({"stages": 0}, "stages must be an integer >= 1"),
         ({"growth": 0.5}, "growth must be finite and >= 1"),
         ({"margin": math.inf}, "margin must be finite and >= 1"),
-        ({"final_batches": 0}, "curvature_batches must be an integer >= 1"),
+        ({"curvature_batches": 0}, "curvature_batches must be an integer >= 1"),
     ],
 )
 def test_warm_up_rejects_bad_options(kwargs, needle):
     args = {"mu": 0.1, **kwargs}
-    with pytest.raises(TuneError, match=needle):
+    with pytest.raises(LRError, match=needle):
         warm_up_curvature(LeastSquares(), _batches(), args.pop("mu"), **args)
 
 
 def test_without_a_warm_up_the_seed_reads_the_first_batches_at_initialisation():
-    result = warm_up_curvature(LeastSquares(), _batches(), 0.05, steps=0, final_batches=3)
+    result = warm_up_curvature(LeastSquares(), _batches(), 0.05, warmup_steps=0, curvature_batches=3)
     tops = _exact_tops()
     assert result.final == pytest.approx(tops[:3], rel=1e-3)
     assert result.growth == 1.0 and result.lambda_run == pytest.approx(max(tops[:3]), rel=1e-3)

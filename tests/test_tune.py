@@ -13,7 +13,11 @@ import optuna
 import pytest
 import torch
 import yaml
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import TrialState
 from torch import nn
 from torch.nn import functional as F
@@ -21,12 +25,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from naggs_lightning import NAGGS, theory
 from naggs_lightning.callbacks import SpectralStabilityMonitor, StabilityWarning
+from naggs_lightning.lr import LRError, theory_seed
 from naggs_lightning.tasks import LeastSquares, QuadraticDataModule
-from naggs_lightning.tune import SearchSpace, TuneError, run, theory_seed
-from naggs_lightning.tune.seed import RelativeAlpha
-from naggs_lightning.tune import keys
+from naggs_lightning.tune import SearchSpace, TuneError, keys, run
+from naggs_lightning.tune.space import RelativeAlpha
 from naggs_lightning.tune.storage import open_storage
-
 
 # ----------------------------------------------------------------------------------------------------
 # A small real task: 3-class softmax regression on fixed synthetic data, unshuffled batches.
@@ -229,7 +232,7 @@ def test_seed_never_above_the_edge_for_large_gamma():
 )
 def test_seed_errors(args, needle):
     lam, mu, gamma, *safety = args
-    with pytest.raises(TuneError, match=needle):
+    with pytest.raises(LRError, match=needle):
         theory_seed(lam, mu, gamma, safety=safety[0] if safety else 0.9)
 
 

@@ -20,10 +20,10 @@ import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from naggs_lightning.cli import build_cli
 from naggs_lightning.cli import main as naggs_train
-from naggs_lightning.tune.cli import main
+from naggs_lightning.lightning_cli import build_cli
 from naggs_lightning.tune import keys
+from naggs_lightning.tune.cli import main
 from naggs_lightning.tune.storage import open_storage
 
 NAGGS_TUNE = [sys.executable, "-m", "naggs_lightning.tune.cli"]

@@ -6,15 +6,14 @@ import itertools
 
 import optuna
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 
-from naggs_lightning.tune import SearchSpace, keys, theory_seed
+from naggs_lightning.lr import theory_seed
+from naggs_lightning.tune import SearchSpace, keys
 from naggs_lightning.tune.report import alpha_figure, importances_figure
-from naggs_lightning.tune.seed import RelativeAlpha
-
-pytest.importorskip("matplotlib")
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from naggs_lightning.tune.space import RelativeAlpha
 
 LAMBDA = 6.0
 

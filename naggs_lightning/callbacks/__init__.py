@@ -9,7 +9,9 @@ edge from the theory.
 """
 
 from naggs_lightning.callbacks.edge import EdgeOfStabilityDetector
+from naggs_lightning.callbacks.gamma_monitor import GammaMonitor
 from naggs_lightning.callbacks.lr_cap import LrCap
+from naggs_lightning.callbacks.lr_finder import TheoryLRFinder
 from naggs_lightning.callbacks.monitor import SpectralStabilityMonitor
 from naggs_lightning.callbacks.non_finite import NonFiniteLossDetector
 from naggs_lightning.callbacks.oscillation import OscillationDetector
@@ -18,10 +20,12 @@ from naggs_lightning.callbacks.spike import SpikeDetector
 
 __all__ = [
     "EdgeOfStabilityDetector",
+    "GammaMonitor",
     "LrCap",
     "NonFiniteLossDetector",
     "OscillationDetector",
     "SpectralStabilityMonitor",
     "SpikeDetector",
     "StabilityWarning",
+    "TheoryLRFinder",
 ]

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from naggs_lightning import theory
+from naggs_lightning.optim import is_naggs
 
 __all__ = ["GroupStability", "curvature_edge", "group_stability", "param_groups", "trained_params"]
 
@@ -41,7 +42,7 @@ class GroupStability(NamedTuple):
 
 def curvature_edge(opt: Optimizer, group: Mapping[str, Any], lr: float) -> float:
     """The largest stable lambda_max for this group at step ``lr`` (inf where the optimizer has no edge)."""
-    if "mu" in group and "gamma" in group:
+    if is_naggs(group):
         return theory.lambda_stab(lr, float(group["mu"]), float(group["gamma"]))
     if isinstance(opt, torch.optim.SGD):
         scale = 1.0 - float(group["dampening"])  # dampening scales the gradient into the buffer
@@ -57,7 +58,7 @@ def group_stability(key: str, suffix: str, opt: Optimizer, group: dict[str, Any]
     edge = curvature_edge(opt, group, lr)
     metrics: dict[str, float] = {"lr": lr}
     limit = math.inf
-    if "mu" in group and "gamma" in group:
+    if is_naggs(group):
         mu, gamma = float(group["mu"]), float(group["gamma"])
         limit = theory.alpha_crit(mu, gamma, lam)
         metrics.update(

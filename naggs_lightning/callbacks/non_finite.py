@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from naggs_lightning._checks import all_finite
 
 __all__ = ["NonFiniteLossDetector"]
 
@@ -19,7 +20,7 @@ class NonFiniteLossDetector:
 
     def check(self, loss: float) -> tuple[bool, str | None]:
         """``(should_act, reason)`` for one batch's loss; acts once per episode."""
-        if math.isfinite(loss):
+        if all_finite(loss):
             self.active = False
             return False, None
         start = not self.active

@@ -13,7 +13,8 @@ The package follows an operator / algorithm split:
   Rayleigh quotient and Hutchinson's trace, written against :class:`LinearOperator` only.
 * :mod:`~naggs_lightning.curvature.estimates`: one-call estimates for a loss and its parameters.
 * :mod:`~naggs_lightning.curvature.probe`: probing a module that is being trained without disturbing
-  the run (:func:`module_hessian`, :func:`estimate_top_eigenvalue`, :func:`estimate_batch_sharpness`).
+  the run (:func:`module_hessian`, :func:`estimate_top_eigenvalue`, :func:`estimate_batch_sharpness`), and
+  :func:`module_loss`, the loss of a module on a batch that every measurement uses.
 
 A loss or parameters that are not finite raise :class:`NonFiniteCurvatureError`: a diverged model has
 no curvature to estimate.
@@ -35,6 +36,7 @@ from naggs_lightning.curvature.probe import (
     estimate_bottom_eigenvalue,
     estimate_top_eigenvalue,
     module_hessian,
+    module_loss,
     probe_batch,
 )
 
@@ -56,6 +58,7 @@ __all__ = [
     "hutchinson_trace",
     "hvp",
     "module_hessian",
+    "module_loss",
     "probe_batch",
     "rayleigh_quotient",
     "top_eigenvalue",

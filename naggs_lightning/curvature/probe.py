@@ -27,12 +27,14 @@ __all__ = [
     "estimate_bottom_eigenvalue",
     "estimate_top_eigenvalue",
     "module_hessian",
+    "module_loss",
     "probe_batch",
 ]
 
 
-def _module_loss(module: nn.Module, batch: Any) -> Tensor:
-    """``module.compute_loss(batch)``, else the loss returned by ``module.training_step(batch, 0)``."""
+def module_loss(module: nn.Module, batch: Any) -> Tensor:
+    """The loss of ``module`` on ``batch``: ``module.compute_loss(batch)``, else the loss returned by
+    ``module.training_step(batch, 0)``."""
     compute_loss = getattr(module, "compute_loss", None)
     if callable(compute_loss):
         return compute_loss(batch)
@@ -135,7 +137,7 @@ def module_hessian(
         raise ValueError("batches is empty: the probe needs at least one batch")
     with _probe_mode(module, params):
         op = HessianOperator(
-            [lambda b=b: _module_loss(module, b) for b in batches], params, method=method, fd_eps=fd_eps, sync=sync
+            [lambda b=b: module_loss(module, b) for b in batches], params, method=method, fd_eps=fd_eps, sync=sync
         )
         try:
             yield op

@@ -1,6 +1,8 @@
-"""Optimizers: NAG-GS and the baselines it is compared with."""
+"""Optimizers: NAG-GS and the baselines it is compared with, and :func:`is_naggs`, the test of a NAG-GS
+optimizer or parameter group."""
 
+from naggs_lightning.optim._common import is_naggs
 from naggs_lightning.optim.accsgd import AccSGD, accsgd
 from naggs_lightning.optim.naggs import NAGGS, naggs
 
-__all__ = ["AccSGD", "NAGGS", "accsgd", "naggs"]
+__all__ = ["AccSGD", "NAGGS", "accsgd", "is_naggs", "naggs"]

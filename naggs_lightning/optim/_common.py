@@ -1,14 +1,33 @@
-"""What the optimizers of this package share: hyper-parameter checks, state gathering, path choice."""
+"""What the optimizers of this package share: hyper-parameter checks, state gathering, path choice, the
+step's skeleton, the doc text of the ``foreach`` / ``fused`` arguments, and the test "is this NAG-GS?"."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+
+def is_naggs(optimizer_or_group: Optimizer | Mapping[str, Any]) -> bool:
+    """Whether an optimizer (any of its parameter groups) or one parameter group is NAG-GS: the group
+    carries ``mu`` and ``gamma``.
+
+    The one answer to "is this NAG-GS?" for the theory's readers (seed, lr finder, monitors): they read
+    the group's mu and gamma, whatever the optimizer's class.
+    """
+    if isinstance(optimizer_or_group, Optimizer):
+        return any(is_naggs(group) for group in optimizer_or_group.param_groups)
+    return "mu" in optimizer_or_group and "gamma" in optimizer_or_group
+
+
+#: The ``foreach`` argument of every optimizer here, for their docstrings (as torch's ``_foreach_doc``).
+FOREACH_DOC = r"""        foreach: use the multi-tensor path (``torch._foreach_*``). ``None`` picks it whenever every
+            parameter is a dense tensor on a CPU or CUDA device.
+"""
 
 
 # Keys that torch's Optimizer.__setstate__ adds to ``defaults`` for its own optimizers; they are not
@@ -20,7 +39,22 @@ _TORCH_DEFAULT_KEYS = frozenset({"differentiable"})
 class CheckedOptimizer(Optimizer):
     """An Optimizer whose param groups are validated as they are added (also those added after
     construction) and again at every step (a scheduler or a user may have edited them), and that fills
-    hyper-parameters missing from an older pickle with the defaults."""
+    hyper-parameters missing from an older pickle with the defaults.
+
+    It also holds the step every optimizer here takes: call the closure, then for each group check its
+    hyper-parameters, gather the parameters that have a gradient with their state buffer
+    :attr:`_state_key` (made by :meth:`_init_state` on a parameter's first step) and :meth:`_update` them.
+    """
+
+    #: The per-parameter state buffer a step reads and writes.
+    _state_key: str
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        # torch's order: the hyper-parameters are checked before ``params`` is read, so a bad lr is reported
+        # as such even when ``params`` is not a list of parameters (torch's generic error inputs pass None).
+        check_lr(defaults["lr"])
+        self._check_hyperparameters(dict(defaults))
+        super().__init__(params, defaults)
 
     def _check_hyperparameters(self, group: dict[str, Any]) -> None:
         """Check one group's hyper-parameters; cheap, since ``step`` calls it for every group."""
@@ -29,6 +63,30 @@ class CheckedOptimizer(Optimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         """Everything checked when a group is added: by default its hyper-parameters."""
         self._check_hyperparameters(group)
+
+    def _init_state(self, p: Tensor) -> Tensor:
+        """The state buffer of parameter ``p`` before its first step."""
+        raise NotImplementedError
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]) -> None:
+        """Update one group's parameters that have a gradient (at least one), with their gradients and buffers."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one optimization step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss; called (with grad enabled) before the
+                update, as Lightning requires.
+        """
+        loss = closure_loss(closure)
+        for group in self.param_groups:
+            self._check_hyperparameters(group)  # a scheduler or the user may have changed the group since
+            params, grads, bufs = gather(self, group, self._state_key, self._init_state)
+            if params:
+                self._update(group, params, grads, bufs)
+        return loss
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)

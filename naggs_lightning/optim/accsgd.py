@@ -6,7 +6,7 @@ single-tensor path and a multi-tensor (``foreach``) path that give the same numb
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -14,12 +14,11 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from naggs_lightning.optim._common import (
+    FOREACH_DOC,
     CheckedOptimizer,
     check_lr,
     check_reals,
-    closure_loss,
     default_foreach,
-    gather,
     real_views,
 )
 
@@ -27,7 +26,8 @@ __all__ = ["AccSGD", "accsgd"]
 
 
 class AccSGD(CheckedOptimizer):
-    r"""AccSGD (Kidambi et al., "On the insufficiency of existing momentum schemes for stochastic optimization").
+    __doc__ = (
+        r"""AccSGD (Kidambi et al., "On the insufficiency of existing momentum schemes for stochastic optimization").
 
     With short step :math:`\eta` (``lr``), long step :math:`L_s = \eta\kappa / c` (``c = small_const``),
     averaging weight :math:`a = 1 - c^2 \xi / \kappa` and :math:`z = c / (c + 1 - a)`, one step with
@@ -67,9 +67,9 @@ class AccSGD(CheckedOptimizer):
         small_const: the constant c in (0, 1].
         weight_decay: L2 penalty (>= 0) added to the gradient, as in the authors' code.
         maximize: maximise the objective instead of minimising it.
-        foreach: use the multi-tensor path (``torch._foreach_*``). ``None`` picks it whenever every
-            parameter is a dense tensor on a CPU or CUDA device.
-
+"""
+        + FOREACH_DOC
+        + r"""
     State: one buffer ``wbar`` per parameter, created as a copy of the parameter on its first step.
     Parameters whose ``.grad`` is ``None`` are skipped.
 
@@ -79,6 +79,7 @@ class AccSGD(CheckedOptimizer):
         >>> model(torch.randn(8, 4)).pow(2).mean().backward()
         >>> opt.step()
     """
+    )
 
     def __init__(
         self,
@@ -106,34 +107,27 @@ class AccSGD(CheckedOptimizer):
     def _check_hyperparameters(self, group: dict[str, Any]) -> None:
         _validate_group(group)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Perform one AccSGD step.
+    _state_key = "wbar"
 
-        Args:
-            closure: re-evaluates the model and returns the loss; called (with grad enabled) before the
-                update, as Lightning requires.
-        """
-        loss = closure_loss(closure)
-        for group in self.param_groups:
-            self._check_hyperparameters(group)  # a scheduler or the user may have changed the group since
-            params, grads, wbars = gather(self, group, "wbar", _copy)  # wbar_0 = w_0
-            lr = check_lr(group["lr"])
-            if not params or lr == 0.0:
-                continue
-            accsgd(
-                params,
-                grads,
-                wbars,
-                lr=lr,
-                kappa=group["kappa"],
-                xi=group["xi"],
-                small_const=group["small_const"],
-                weight_decay=group["weight_decay"],
-                maximize=group["maximize"],
-                foreach=group["foreach"],
-            )
-        return loss
+    def _init_state(self, p: Tensor) -> Tensor:
+        return p.detach().clone(memory_format=torch.preserve_format)  # wbar_0 = w_0
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]) -> None:
+        lr = check_lr(group["lr"])
+        if lr == 0.0:  # the state exists now; a step at lr 0 changes nothing
+            return
+        accsgd(
+            params,
+            grads,
+            bufs,
+            lr=lr,
+            kappa=group["kappa"],
+            xi=group["xi"],
+            small_const=group["small_const"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+            foreach=group["foreach"],
+        )
 
 
 def _validate_group(group: dict[str, Any]) -> None:
@@ -154,10 +148,6 @@ def _validate_group(group: dict[str, Any]) -> None:
             f"xi must satisfy small_const**2 * xi <= kappa (so the averaging weight 1 - small_const**2 * xi / kappa "
             f"lies in [0, 1)), got xi={xi}, small_const={c}, kappa={kappa}: use xi <= {kappa / (c * c):g}"
         )
-
-
-def _copy(p: Tensor) -> Tensor:
-    return p.detach().clone(memory_format=torch.preserve_format)
 
 
 def accsgd(

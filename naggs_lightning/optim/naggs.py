@@ -18,7 +18,7 @@ x and v are close.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -26,12 +26,11 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from naggs_lightning.optim._common import (
+    FOREACH_DOC,
     CheckedOptimizer,
     check_lr,
     check_reals,
-    closure_loss,
     default_foreach,
-    gather,
     real_views,
     step_lr,
 )
@@ -89,9 +88,9 @@ class NAGGS(CheckedOptimizer):
             them by ``k * lr * weight_decay * x``; at ``lr = 1e-3`` and ``weight_decay = 0.1`` the
             decay is the larger term for the first few dozen steps.
         maximize: maximise the objective instead of minimising it.
-        foreach: use the multi-tensor path (``torch._foreach_*``). ``None`` picks it whenever every
-            parameter is a dense tensor on a CPU or CUDA device.
-
+"""
+        + FOREACH_DOC
+        + r"""
         fused: use the one-pass fused kernel (CUDA: fp16, bf16, fp32, fp64; CPU: fp32, fp64, because
             torch's CPU kernel mishandles bf16/fp16). ``None`` picks it wherever it is supported, else
             ``foreach``. Set at most one of ``foreach`` and ``fused``. Parameters on the ``meta``
@@ -155,37 +154,27 @@ class NAGGS(CheckedOptimizer):
             # CUDA graphs): gamma becomes a tensor beside it, so neither one recompiles a graph.
             group["gamma"] = torch.tensor(group["gamma"], dtype=group["lr"].dtype, device=group["lr"].device)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Perform one NAG-GS step.
+    _state_key = "momentum_buffer"
 
-        Args:
-            closure: re-evaluates the model and returns the loss; called (with grad enabled) before the
-                update, as Lightning requires.
-        """
-        loss = closure_loss(closure)
-        for group in self.param_groups:
-            # w = x - v starts at zero, since v_0 = x_0
-            self._check_hyperparameters(group)  # a scheduler or the user may have changed the group since
-            params, grads, bufs = gather(self, group, "momentum_buffer", torch.zeros_like)
-            if not params:
-                continue
-            lr = step_lr(group["lr"])
-            if not group["fixed_gamma"]:
-                group["gamma"] = (group["gamma"] + lr * group["mu"]) / (1.0 + lr)
-            naggs(
-                params,
-                grads,
-                bufs,
-                lr=lr,
-                mu=group["mu"],
-                gamma=group["gamma"],
-                weight_decay=group["weight_decay"],
-                maximize=group["maximize"],
-                foreach=group["foreach"],
-                fused=group["fused"],
-            )
-        return loss
+    def _init_state(self, p: Tensor) -> Tensor:
+        return torch.zeros_like(p)  # w = x - v starts at zero, since v_0 = x_0
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]) -> None:
+        lr = step_lr(group["lr"])
+        if not group["fixed_gamma"]:
+            group["gamma"] = (group["gamma"] + lr * group["mu"]) / (1.0 + lr)
+        naggs(
+            params,
+            grads,
+            bufs,
+            lr=lr,
+            mu=group["mu"],
+            gamma=group["gamma"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+            foreach=group["foreach"],
+            fused=group["fused"],
+        )
 
 
 _REAL_CHECKS = (

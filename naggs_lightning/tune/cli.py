@@ -132,8 +132,10 @@ def _space(args: Namespace) -> dict[str, Any]:
 
 
 def _study_name(args: Namespace) -> str:
-    """``--study-name``, or the last ``--config`` file's name without extension."""
-    return args.study_name or Path(args.config[-1]).stem
+    """``--study-name``, or the default name of the ``--config`` files."""
+    from naggs_lightning.tune.options import default_study_name
+
+    return args.study_name or default_study_name(args.config)
 
 
 def _options(args: Namespace) -> TuneOptions:
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None, seen: dict[str, str | None]) -> int:
-    from naggs_lightning.cli import import_from_working_directory  # the console-script layer
+    from naggs_lightning.lightning_cli import import_from_working_directory
 
     import_from_working_directory()
     args = build_parser().parse_args(argv)

@@ -34,7 +34,7 @@ STUDY_DECLARED_SPACE = "naggs.declared_space"
 #: The searched space (JSON), alpha relative to the seed in a seeded study. Written last: its presence
 #: says the study is ready for other workers.
 STUDY_SPACE = "naggs.space"
-#: The curvature estimate, regime and theory seed (:meth:`~naggs_lightning.tune.seed.TheorySeed.to_attrs`).
+#: The curvature estimate, regime and theory seed (:meth:`~naggs_lightning.lr.seed.TheorySeed.to_attrs`).
 STUDY_SEED = "naggs.seed"
 
 # --- trial parameters and user attributes -----------------------------------------------------------

@@ -3,7 +3,7 @@
 Two ways to build a trial share one interface (:class:`TrialBuilder`):
 
 * :class:`ConfigBuilder`: a LightningCLI config (the recipes) with the trial's values set at their
-  dotted paths, instantiated by :func:`naggs_lightning.cli.build_cli` (``run=False``);
+  dotted paths, instantiated by :func:`naggs_lightning.lightning_cli.build_cli` (``run=False``);
 * :class:`FactoryBuilder`: the Python API, a ``model_factory(params)`` and a datamodule.
 
 :class:`TrialCallback` reports the validation metric to Optuna after every validation run, asks the
@@ -22,7 +22,7 @@ import re
 import signal
 import socket
 from argparse import ArgumentError
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,12 +31,15 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from optuna.trial import TrialState
 
+from naggs_lightning._checks import all_finite
 from naggs_lightning.callbacks import SpectralStabilityMonitor
+from naggs_lightning.callbacks.report import METRIC_PREFIX
 from naggs_lightning.tune.config import get_path, with_params
 from naggs_lightning.tune.errors import TuneError
 from naggs_lightning.tune.interrupts import Interrupted, InterruptGuard, StopOnInterrupt
 from naggs_lightning.tune.keys import PRUNED_REASON, RETRY_OF, SEEDED, SURPLUS, WORKER, WORLD_SIZE
 from naggs_lightning.tune.space import SearchSpace
+from naggs_lightning.tune.trials import trial_counts
 
 __all__ = [
     "TrialParts",
@@ -47,6 +50,7 @@ __all__ = [
     "Objective",
     "SurplusTrial",
     "TRIAL_TRAINER_SETTINGS",
+    "metric_not_logged",
 ]
 
 #: Trainer settings every trial runs with: the tuner shows its own progress, and trials keep no
@@ -78,7 +82,7 @@ class TrialBuilder(Protocol):
 
 
 class ConfigBuilder:
-    """Builds trials from a LightningCLI config dict through :func:`naggs_lightning.cli.build_cli`."""
+    """Builds trials from a LightningCLI config dict through :func:`naggs_lightning.lightning_cli.build_cli`."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = dict(config)
@@ -87,8 +91,8 @@ class ConfigBuilder:
         return get_path(self.config, name)
 
     def build(self, params: Mapping[str, Any], callbacks: Sequence[Callback] = ()) -> TrialParts:
-        # naggs-train's CLI sits above the tuner (it imports every shipped task): only config mode needs it.
-        from naggs_lightning.cli import build_cli
+        # The LightningCLI imports every shipped task (for the short class names): only config mode needs it.
+        from naggs_lightning.lightning_cli import build_cli
 
         config = with_params(self.config, params)
         config["trainer"] = {**(config.get("trainer") or {}), **TRIAL_TRAINER_SETTINGS}
@@ -166,10 +170,10 @@ class FactoryBuilder:
 
         Possible when each class is importable by name (not defined in ``__main__`` or a function) and
         its ``hparams`` (``self.save_hyperparameters()`` in ``__init__``) hold every argument its
-        constructor needs; the result is checked by building it with :func:`naggs_lightning.cli.build_cli`.
+        constructor needs; the result is checked by building it with :func:`naggs_lightning.lightning_cli.build_cli`.
         Trainer arguments that are not plain values (callback objects, ...) are left out.
         """
-        from naggs_lightning.cli import build_cli
+        from naggs_lightning.lightning_cli import build_cli
 
         model = self.model_factory(dict(params))
         dm = self.datamodule
@@ -229,6 +233,13 @@ def _as_class_path(obj: Any) -> tuple[dict[str, Any] | None, str]:
     return {"class_path": name, "init_args": hparams}, ""
 
 
+def metric_not_logged(metric: str, logged: Iterable[str]) -> TuneError:
+    """The error for a validation metric the model does not log, listing the keys it does log (the
+    stability monitor's own left out)."""
+    shown = sorted(k for k in logged if not k.startswith(METRIC_PREFIX))
+    return TuneError(f"the metric {metric!r} is not logged during validation; logged: {shown or 'nothing'}")
+
+
 class TrialCallback(Callback):
     """Report ``monitor`` to the trial after each validation run; prune; stop diverging runs.
 
@@ -270,7 +281,7 @@ class TrialCallback(Callback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if self.reason is not None or not isinstance(loss, torch.Tensor):
             return
-        bad = not bool(torch.isfinite(loss.detach()).all())
+        bad = not all_finite(loss)
         if trainer.strategy.reduce_boolean_decision(bad, all=False):
             self._stop(trainer, f"diverged: the training loss is not finite at step {trainer.global_step}")
 
@@ -279,10 +290,7 @@ class TrialCallback(Callback):
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
-            logged = sorted(k for k in trainer.callback_metrics if not k.startswith("stability/"))
-            raise TuneError(
-                f"the metric {self.monitor!r} is not logged during validation; logged: {logged or 'nothing'}"
-            )
+            raise metric_not_logged(self.monitor, trainer.callback_metrics)
         value = float(value)
         step = self._validations
         self._validations += 1
@@ -312,12 +320,6 @@ def _monitor_stop(trainer: Trainer) -> str | None:
 
 class SurplusTrial(Exception):
     """A worker's trial that would take the study past ``n_trials`` (a race between workers)."""
-
-
-def _active_before(study: optuna.Study, number: int) -> int:
-    """Trials numbered below ``number`` that finished or are running (failed ones get replaced)."""
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if t.number < number)
 
 
 class Objective:
@@ -354,7 +356,7 @@ class Objective:
     def __call__(self, trial: optuna.trial.Trial) -> float:
         try:
             with self.guard.deferred():  # the trial's parameters are in the storage before a Ctrl-C can land
-                if self.n_trials is not None and _active_before(trial.study, trial.number) >= self.n_trials:
+                if self.n_trials is not None and sum(trial_counts(trial.study, below=trial.number)) >= self.n_trials:
                     trial.set_user_attr(SURPLUS, True)
                     raise SurplusTrial(f"the study already has {self.n_trials} trials")
                 trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")

@@ -12,18 +12,20 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 
+from naggs_lightning.lr.seed import TheorySeed
 from naggs_lightning.tune import keys
 from naggs_lightning.tune.errors import TuneError
-from naggs_lightning.tune.interrupts import InterruptGuard
-from naggs_lightning.tune.seed import TheorySeed
-from naggs_lightning.tune.seeding import Seeding
 from naggs_lightning.tune.space import SearchSpace
+
+if TYPE_CHECKING:
+    from naggs_lightning.tune.interrupts import InterruptGuard
+    from naggs_lightning.tune.seeding import Seeding
 
 __all__ = ["config_fingerprint", "open_study"]
 

@@ -9,6 +9,8 @@ choices from the annotation, default and help from the field), so a default is w
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -16,15 +18,23 @@ from typing import Any, Literal, Optional, Union
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 
+from naggs_lightning.lr.defaults import CURVATURE_BATCHES, WARMUP_STEPS
 from naggs_lightning.tune.errors import TuneError
-from naggs_lightning.tune.storage import DEFAULT_STORAGE
-from naggs_lightning.tune.warmup import CURVATURE_BATCHES, WARMUP_STEPS
 
-__all__ = ["TuneOptions", "PRUNERS", "SAMPLERS", "DIRECTIONS"]
+__all__ = ["TuneOptions", "PRUNERS", "SAMPLERS", "DIRECTIONS", "DEFAULT_STORAGE", "default_study_name"]
 
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random")
 DIRECTIONS = ("maximize", "minimize")
+#: An SQLite file in the working directory: nothing to start, survives crashes, resumable.
+DEFAULT_STORAGE = "sqlite:///naggs-tune.db"
+
+
+def default_study_name(config: str | os.PathLike | Mapping | Sequence[str | os.PathLike | Mapping] | None) -> str:
+    """The study name when none is given: the last config file's name without extension, else ``naggs``."""
+    sources = [config] if isinstance(config, (str, os.PathLike, Mapping)) else list(config or [])
+    files = [Path(s) for s in sources if isinstance(s, (str, os.PathLike))]
+    return files[-1].stem if files else "naggs"
 
 
 def _option(default: Any, help: str, *, flag: str | None = None, cli_type: Any = None) -> Any:

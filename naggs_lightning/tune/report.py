@@ -6,18 +6,35 @@ import math
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
+from naggs_lightning.lr.seed import TheorySeed
 from naggs_lightning.tune.config import dump_config
-from naggs_lightning.tune.keys import ALPHA_RATIO, PRUNED_REASON, SEEDED, STUDY_METRIC, STUDY_SEED
-from naggs_lightning.tune.seed import TheorySeed
-from naggs_lightning.tune.space import SearchSpace
+from naggs_lightning.tune.keys import (
+    ALPHA_RATIO,
+    PRUNED_REASON,
+    SEEDED,
+    STUDY_METRIC,
+    STUDY_SEED,
+)
+
+if TYPE_CHECKING:
+    from naggs_lightning.tune.space import SearchSpace
 
 __all__ = [
     "Reporter",
@@ -181,13 +198,8 @@ def write_best(
 def write_plots(study: optuna.Study, space: SearchSpace, out_dir: Path, metric: str) -> tuple[list[Path], list[str]]:
     """PNG plots: optimisation history, alpha against the metric, parameter importances.
 
-    Returns the files written and notes on plots that were skipped (matplotlib missing, too few
-    complete trials for importances).
+    Returns the files written and notes on plots that were skipped (too few complete trials for importances).
     """
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return [], ["plots skipped: matplotlib is not installed (pip install matplotlib)"]
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [
         _save(history_figure(study, metric), out_dir / "history.png"),
@@ -201,8 +213,6 @@ def write_plots(study: optuna.Study, space: SearchSpace, out_dir: Path, metric: 
 
 def _figure(height: float = 4.0) -> tuple[Any, Any]:
     # The object-oriented API: no pyplot state, no backend switch in the caller's process.
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(6.4, height))
     return fig, fig.subplots()
 
@@ -308,8 +318,6 @@ def _log_ticks(axis: Any, values: list[float]) -> None:
     axis gets five plain labels spread geometrically over the data instead; a wider one keeps the decades
     and loses the minor labels.
     """
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
-
     axis.set_minor_formatter(NullFormatter())
     values = [v for v in values if v > 0 and math.isfinite(v)]
     if not values or max(values) / min(values) >= 1000:

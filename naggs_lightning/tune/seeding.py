@@ -1,28 +1,26 @@
 """Seeding a new study: the theory's step for the curvature the run will meet, and the space around it.
 
-The curvature is measured once per study (:func:`~naggs_lightning.tune.seed.measured_seed`: a
+The curvature is measured once per study (:func:`~naggs_lightning.lr.measure.measured_seed`: a
 short warm-up on a copy of the model), at the mu the configured (or the model's own) NAGGS uses. The
 first ``seed_trials`` trials are enqueued at the seed, then half and a quarter of it; every later
 trial searches alpha as a multiple of the theory's step for its own mu
-(:class:`~naggs_lightning.tune.seed.RelativeAlpha`).
+(:class:`~naggs_lightning.tune.space.RelativeAlpha`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optuna.distributions import FloatDistribution
 
+from naggs_lightning.lr.measure import measured_seed, naggs_hyperparameters
+from naggs_lightning.lr.seed import TheorySeed
 from naggs_lightning.tune import keys
-from naggs_lightning.tune.objective import TrialParts
-from naggs_lightning.tune.options import TuneOptions
-from naggs_lightning.tune.seed import (
-    RelativeAlpha,
-    TheorySeed,
-    measured_seed,
-    naggs_hyperparameters,
-)
-from naggs_lightning.tune.space import SearchSpace
+from naggs_lightning.tune.space import RelativeAlpha, SearchSpace
+
+if TYPE_CHECKING:
+    from naggs_lightning.tune.objective import TrialParts
+    from naggs_lightning.tune.options import TuneOptions
 
 __all__ = ["Seeding", "seed_new_study"]
 
@@ -59,7 +57,7 @@ def seed_new_study(probe: TrialParts, declared: SearchSpace, reference: dict[str
         fixed_gamma=fixed_gamma,
         safety=opts.safety,
         warmup_steps=opts.warmup_steps,
-        n_batches=opts.curvature_batches,
+        curvature_batches=opts.curvature_batches,
         device=probe.trainer.strategy.root_device,
     )
     relative = RelativeAlpha(

@@ -40,11 +40,12 @@ from optuna.distributions import (
     json_to_distribution,
 )
 
+from naggs_lightning.lr.seed import TheorySeed, theory_seed
 from naggs_lightning.tune.errors import TuneError
 from naggs_lightning.tune.keys import ALPHA, ALPHA_RATIO
-from naggs_lightning.tune.seed import RelativeAlpha
 
 __all__ = [
+    "RelativeAlpha",
     "SearchSpace",
     "DEFAULT_RANGES",
     "CONFIG_ALIASES",
@@ -230,6 +231,48 @@ def centre(dist: BaseDistribution) -> Any:
 
 
 @dataclass(frozen=True)
+class RelativeAlpha:
+    r"""alpha searched as a multiple of the theory's step for each trial's own mu and gamma.
+
+    The study samples the ratio :math:`r` (``alpha/seed`` in the trials' parameters) log-uniformly
+    in ``[1 / window, window]`` and trains with
+
+    .. math::
+
+        \alpha = \operatorname{clip}\bigl(r \cdot \alpha_{\rm seed}(\mu, \gamma, L),\ [\text{low}, \text{high}]\bigr)
+
+    where :math:`\alpha_{\rm seed}` is :func:`~naggs_lightning.lr.seed.theory_seed` at the trial's mu and gamma and the
+    curvature ``lambda_max`` estimated once for the study. So the alpha range is centred (log scale)
+    on the seed of every (mu, gamma) the study tries, never leaves the user's ``[low, high]``, and
+    the search learns one ratio instead of chasing a step that moves with mu (alpha* ~ 2 sqrt(mu / L)
+    for mu << L). With mu and gamma pinned this is the fixed range ``seed x [1/window, window]``.
+
+    Unless ``fixed_gamma``, the seed is taken at gamma = mu whatever the trial's starting gamma (gamma
+    relaxes to mu; see :mod:`naggs_lightning.lr.seed`), so the ratio means the same for every gamma.
+    """
+
+    lambda_max: float
+    safety: float
+    window: float
+    low: float
+    high: float
+    fixed_gamma: bool = False
+
+    def distribution(self) -> FloatDistribution:
+        """The distribution of the ratio."""
+        return FloatDistribution(1.0 / self.window, self.window, log=True)
+
+    def seed(self, mu: float, gamma: float) -> TheorySeed:
+        """The theory seed of a trial at ``mu`` and starting ``gamma`` (taken at gamma = mu unless fixed_gamma)."""
+        mu = float(mu)
+        return theory_seed(self.lambda_max, mu, float(gamma) if self.fixed_gamma else mu, safety=self.safety)
+
+    def alpha(self, ratio: float, mu: float, gamma: float) -> float:
+        """The step a trial trains with for ``ratio`` at its ``mu`` and ``gamma``."""
+        return min(max(ratio * self.seed(mu, gamma).alpha, self.low), self.high)
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """Searched parameters (``distributions``) and pinned ones (``fixed``), keyed by full name.
 
@@ -237,7 +280,7 @@ class SearchSpace:
     space (config paths in config mode, plain names in factory mode); the theory seed uses them.
     With ``relative`` set (a seeded study), alpha is not sampled itself: the space samples
     :data:`ALPHA_RATIO` and derives alpha from it and the trial's mu and gamma (see
-    :class:`~naggs_lightning.tune.seed.RelativeAlpha`).
+    :class:`RelativeAlpha`).
     """
 
     distributions: dict[str, BaseDistribution]

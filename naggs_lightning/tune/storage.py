@@ -20,10 +20,7 @@ from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage, RetryHeart
 
 from naggs_lightning.tune.errors import TuneError
 
-__all__ = ["DEFAULT_STORAGE", "open_storage", "redact"]
-
-#: An SQLite file in the working directory: nothing to start, survives crashes, resumable.
-DEFAULT_STORAGE = "sqlite:///naggs-tune.db"
+__all__ = ["open_storage", "redact"]
 
 _SCHEMA_ATTEMPTS = 5
 _SCHEMA_RACE = re.compile(r"already exists|UNIQUE constraint failed|duplicate key", re.IGNORECASE)
@@ -47,8 +44,6 @@ def open_storage(url: str | None, *, heartbeat_interval: int = 10) -> BaseStorag
     """
     if url is None:
         return InMemoryStorage()
-    if not isinstance(heartbeat_interval, int) or isinstance(heartbeat_interval, bool) or heartbeat_interval < 1:
-        raise TuneError(f"heartbeat_interval must be an integer >= 1 (seconds), got {heartbeat_interval!r}")
     shown = redact(url)
     try:
         parsed = sqlalchemy.engine.make_url(url)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -44,8 +43,9 @@ from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 from rich.console import Console
 
+from naggs_lightning.lr.measure import naggs_hyperparameters
 from naggs_lightning.tune.config import ConfigSource, load_config
-from naggs_lightning.tune.errors import TuneError
+from naggs_lightning.tune.errors import TuneError, reported_as_tune_error
 from naggs_lightning.tune.interrupts import Interrupted, InterruptGuard
 from naggs_lightning.tune.objective import (
     ConfigBuilder,
@@ -53,11 +53,11 @@ from naggs_lightning.tune.objective import (
     Objective,
     TrialBuilder,
     TrialParts,
+    metric_not_logged,
 )
 from naggs_lightning.tune.opening import config_fingerprint, open_study
-from naggs_lightning.tune.options import TuneOptions
+from naggs_lightning.tune.options import TuneOptions, default_study_name
 from naggs_lightning.tune.report import Reporter, results_table, write_best, write_plots
-from naggs_lightning.tune.seed import naggs_hyperparameters
 from naggs_lightning.tune.seeding import seed_new_study
 from naggs_lightning.tune.space import DEFAULT_RANGES, SearchSpace
 from naggs_lightning.tune.storage import open_storage, redact
@@ -147,13 +147,6 @@ def _builder(
     return FactoryBuilder(model, datamodule, trainer_kwargs), None
 
 
-def _default_study_name(config: ConfigSource | Sequence[ConfigSource] | None) -> str:
-    """The last config file's name without extension, else ``naggs``."""
-    sources = [config] if isinstance(config, (str, os.PathLike, Mapping)) else list(config or [])
-    files = [Path(s) for s in sources if isinstance(s, (str, os.PathLike))]
-    return files[-1].stem if files else "naggs"
-
-
 def _check_processes(probe: TrialParts, storage: str | None) -> None:
     """A trial may train on several processes only as ``ddp_spawn`` does, and only with an RDB storage.
 
@@ -207,8 +200,7 @@ def _check_metric(probe: TrialParts, metric: str) -> None:
     finally:
         trainer.limit_val_batches = limit
     if metric not in trainer.callback_metrics:
-        logged = sorted(k for k in trainer.callback_metrics if not k.startswith("stability/"))
-        raise TuneError(f"the metric {metric!r} is not logged during validation; logged: {logged or 'nothing'}")
+        raise metric_not_logged(metric, trainer.callback_metrics)
 
 
 def _use_the_models_own(declared: SearchSpace, reference: dict[str, Any], probe: TrialParts) -> SearchSpace:
@@ -311,9 +303,9 @@ def run(
     """
     opts = _options(options, overrides)
     builder, config_dict = _builder(config, model, datamodule, trainer_kwargs)
-    study_name = opts.study_name or _default_study_name(config)
+    study_name = opts.study_name or default_study_name(config)
     console = console or Console()
-    with _quiet(), InterruptGuard() as guard:
+    with _quiet(), InterruptGuard() as guard, reported_as_tune_error():
         try:
             prepared = _prepare(builder, config_dict, space, opts)
             store = open_storage(opts.storage, heartbeat_interval=opts.heartbeat_interval)

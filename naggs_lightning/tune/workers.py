@@ -26,17 +26,12 @@ from naggs_lightning.tune.objective import Objective, SurplusTrial
 from naggs_lightning.tune.options import TuneOptions
 from naggs_lightning.tune.report import Reporter
 from naggs_lightning.tune.storage import open_storage
+from naggs_lightning.tune.trials import trial_counts
 
 __all__ = ["optimize"]
 
 #: How often a worker that found the study full looks again (a running trial may fail and need replacing).
 _FULL_POLL_S = 1.0
-
-
-def _counts(study: optuna.Study) -> tuple[int, int]:
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-    finished = sum(1 for t in trials if t.state != TrialState.RUNNING)
-    return finished, len(trials) - finished
 
 
 class _Heartbeat:
@@ -137,7 +132,7 @@ def _work(
             return
         with guard.deferred():  # Optuna's bookkeeping between trials is not cut by a Ctrl-C
             optuna.storages.fail_stale_trials(study)
-            finished, running = _counts(study)
+            finished, running = trial_counts(study)
         if finished >= n_trials:
             return
         if finished + running < n_trials:

@@ -1,7 +1,7 @@
 r"""The theory seed: the NAG-GS step the quadratic analysis recommends for the model's own curvature.
 
 With :math:`L` the top Hessian eigenvalue the run will meet (measured after a short warm-up of a copy of
-the model, :mod:`naggs_lightning.tune.warmup`; at initialisation with ``warmup_steps=0``), mu and gamma
+the model, :mod:`naggs_lightning.lr.warmup`; at initialisation with ``warmup_steps=0``), mu and gamma
 the optimizer's, the seed is
 
 .. math::
@@ -43,29 +43,11 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import torch
-from lightning.pytorch import LightningDataModule, LightningModule
-from optuna.distributions import FloatDistribution
-
 from naggs_lightning import theory
-from naggs_lightning.optim import NAGGS
-from naggs_lightning.tune.errors import TuneError
-from naggs_lightning.tune.warmup import (
-    CURVATURE_BATCHES,
-    WARMUP_STEPS,
-    WarmupResult,
-    warm_up_curvature,
-)
+from naggs_lightning.lr.errors import LRError
+from naggs_lightning.lr.readings import WarmupResult
 
-__all__ = [
-    "RelativeAlpha",
-    "TheorySeed",
-    "measure_curvature",
-    "measured_seed",
-    "naggs_hyperparameters",
-    "theory_seed",
-    "warmed_up_seed",
-]
+__all__ = ["TheorySeed", "theory_seed", "warmed_up_seed"]
 
 
 @dataclass(frozen=True)
@@ -131,18 +113,18 @@ def theory_seed(lambda_max: float, mu: float, gamma: float, *, safety: float = 0
         safety: factor in (0, 1] applied to the theory's step.
     """
     if not math.isfinite(lambda_max):
-        raise TuneError(
+        raise LRError(
             f"the curvature estimate is {lambda_max}: the loss or its gradient is not finite at initialisation"
         )
     if not 0.0 < safety <= 1.0:
-        raise TuneError(f"safety must be in (0, 1], got {safety}")
+        raise LRError(f"safety must be in (0, 1], got {safety}")
     if not (math.isfinite(mu) and mu >= 0.0):
-        raise TuneError(f"mu must be finite and >= 0 to seed, got {mu}")
+        raise LRError(f"mu must be finite and >= 0 to seed, got {mu}")
     if not (math.isfinite(gamma) and gamma > 0.0):
-        raise TuneError(f"gamma must be finite and > 0 to seed, got {gamma}")
+        raise LRError(f"gamma must be finite and > 0 to seed, got {gamma}")
     big = max(lambda_max, 2.0 * mu)
     if big <= mu:
-        raise TuneError(
+        raise LRError(
             f"the curvature estimate is {lambda_max:.4g} <= 0 and mu = 0: the theory gives no step to seed; "
             "set mu > 0 or run without the seed (--no-seed)"
         )
@@ -150,56 +132,6 @@ def theory_seed(lambda_max: float, mu: float, gamma: float, *, safety: float = 0
     alpha_crit = float(theory.alpha_crit(mu, gamma, lambda_max))
     alpha = safety * min(alpha_theory, alpha_crit)
     return TheorySeed(float(lambda_max), float(mu), float(gamma), float(safety), alpha_theory, alpha_crit, alpha)
-
-
-def naggs_hyperparameters(module: LightningModule) -> tuple[float, float, bool] | None:
-    """``(mu, gamma, fixed_gamma)`` of the NAGGS optimizer ``module.configure_optimizers()`` returns, or ``None``.
-
-    Reading the optimizer itself (rather than the config) covers both the LightningCLI path, where the
-    CLI injects ``configure_optimizers``, and modules that build their own optimizer.
-    """
-    try:
-        found = module.configure_optimizers()
-    except Exception as exc:
-        raise TuneError(
-            f"cannot read mu and gamma: {type(module).__name__}.configure_optimizers() failed outside a Trainer "
-            f"({type(exc).__name__}: {exc}); run without the theory seed"
-        ) from exc
-    stack = [found]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, NAGGS):
-            group = item.param_groups[0]
-            return float(group["mu"]), float(group["gamma"]), bool(group["fixed_gamma"])
-        if isinstance(item, dict) and "optimizer" in item:
-            stack.append(item["optimizer"])
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return None
-
-
-def _train_batches(module: LightningModule, datamodule: LightningDataModule | None) -> Any:
-    if datamodule is not None:
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-        return datamodule.train_dataloader()
-    return module.train_dataloader()
-
-
-def measure_curvature(
-    module: LightningModule,
-    datamodule: LightningDataModule | None,
-    mu: float,
-    *,
-    warmup_steps: int = WARMUP_STEPS,
-    n_batches: int = CURVATURE_BATCHES,
-    device: torch.device | str = "cpu",
-) -> WarmupResult:
-    """The curvature a run at ``mu`` will meet: :func:`~naggs_lightning.tune.warmup.warm_up_curvature`
-    on a copy of ``module`` over the training batches of ``datamodule`` (or of the module itself),
-    reading ``n_batches`` batches after ``warmup_steps`` steps (0: at initialisation)."""
-    loader = _train_batches(module, datamodule)
-    return warm_up_curvature(module, loader, mu, steps=warmup_steps, final_batches=n_batches, device=device)
 
 
 def warmed_up_seed(warmup: WarmupResult, gamma: float, *, safety: float = 0.9, fixed_gamma: bool = False) -> TheorySeed:
@@ -214,62 +146,3 @@ def warmed_up_seed(warmup: WarmupResult, gamma: float, *, safety: float = 0.9, f
     if seed.alpha > warmup.cap:
         seed = theory_seed(seed.lambda_max, seed.mu, seed.gamma, safety=safety * warmup.cap / seed.alpha)
     return replace(seed, warmup=warmup)
-
-
-def measured_seed(
-    module: LightningModule,
-    datamodule: LightningDataModule | None,
-    mu: float,
-    gamma: float,
-    *,
-    fixed_gamma: bool = False,
-    safety: float = 0.9,
-    warmup_steps: int = WARMUP_STEPS,
-    n_batches: int = CURVATURE_BATCHES,
-    device: torch.device | str = "cpu",
-) -> TheorySeed:
-    """The seed for ``module`` at ``mu``: :func:`measure_curvature` (the warm-up), then :func:`warmed_up_seed`."""
-    warmup = measure_curvature(module, datamodule, mu, warmup_steps=warmup_steps, n_batches=n_batches, device=device)
-    return warmed_up_seed(warmup, gamma, safety=safety, fixed_gamma=fixed_gamma)
-
-
-@dataclass(frozen=True)
-class RelativeAlpha:
-    r"""alpha searched as a multiple of the theory's step for each trial's own mu and gamma.
-
-    The study samples the ratio :math:`r` (``alpha/seed`` in the trials' parameters) log-uniformly
-    in ``[1 / window, window]`` and trains with
-
-    .. math::
-
-        \alpha = \operatorname{clip}\bigl(r \cdot \alpha_{\rm seed}(\mu, \gamma, L),\ [\text{low}, \text{high}]\bigr)
-
-    where :math:`\alpha_{\rm seed}` is :func:`theory_seed` at the trial's mu and gamma and the
-    curvature ``lambda_max`` estimated once for the study. So the alpha range is centred (log scale)
-    on the seed of every (mu, gamma) the study tries, never leaves the user's ``[low, high]``, and
-    the search learns one ratio instead of chasing a step that moves with mu (alpha* ~ 2 sqrt(mu / L)
-    for mu << L). With mu and gamma pinned this is the fixed range ``seed x [1/window, window]``.
-
-    Unless ``fixed_gamma``, the seed is taken at gamma = mu whatever the trial's starting gamma (gamma
-    relaxes to mu; see the module docstring), so the ratio means the same for every gamma.
-    """
-
-    lambda_max: float
-    safety: float
-    window: float
-    low: float
-    high: float
-    fixed_gamma: bool = False
-
-    def distribution(self) -> FloatDistribution:
-        """The distribution of the ratio."""
-        return FloatDistribution(1.0 / self.window, self.window, log=True)
-
-    def seed(self, mu: float, gamma: float) -> TheorySeed:
-        """The theory seed of a trial at ``mu`` and starting ``gamma`` (taken at gamma = mu unless fixed_gamma)."""
-        mu = float(mu)
-        return theory_seed(self.lambda_max, mu, float(gamma) if self.fixed_gamma else mu, safety=self.safety)
-
-    def alpha(self, ratio: float, mu: float, gamma: float) -> float:
-        """The step a trial trains with for ``ratio`` at its ``mu`` and ``gamma``."""
-        return min(max(ratio * self.seed(mu, gamma).alpha, self.low), self.high)

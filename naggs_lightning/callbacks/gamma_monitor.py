@@ -18,6 +18,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.optim import Optimizer
 
+from naggs_lightning.optim import is_naggs
+
 __all__ = ["GammaMonitor"]
 
 
@@ -58,7 +60,7 @@ class GammaMonitor(Callback):
 
     def stats(self, optimizers: list[Optimizer]) -> dict[str, float]:
         """The values to log, keyed as LearningRateMonitor names its ``lr`` (plus ``-gamma`` / ``-mu``)."""
-        with_gamma = [opt for opt in optimizers if any("gamma" in group for group in opt.param_groups)]
+        with_gamma = [opt for opt in optimizers if is_naggs(opt)]
         kinds = Counter(type(opt).__name__ for opt in with_gamma)
         seen: Counter[str] = Counter()
         out: dict[str, float] = {}

@@ -1,0 +1,32 @@
+"""The theory's NAG-GS step for a model, without Optuna: the warm-up that measures the curvature a run
+will meet (:mod:`~naggs_lightning.lr.warmup`, its record in :mod:`~naggs_lightning.lr.readings`), the seed
+computed from it (:mod:`~naggs_lightning.lr.seed`), both applied to a Lightning model
+(:mod:`~naggs_lightning.lr.measure`), and :func:`suggest_lr` (:mod:`~naggs_lightning.lr.suggest`), the
+one call a user makes. Defaults in :mod:`~naggs_lightning.lr.defaults`, errors :class:`LRError`.
+
+``naggs-tune`` seeds its studies with these; ``TheoryLRFinder``
+(:mod:`naggs_lightning.callbacks.lr_finder`) applies them inside ``Trainer.fit``. Names are imported on
+first use, as in :mod:`naggs_lightning`.
+"""
+
+from naggs_lightning._lazy import lazy_exports
+
+_EXPORTS = {
+    "CURVATURE_BATCHES": "naggs_lightning.lr.defaults",
+    "WARMUP_STEPS": "naggs_lightning.lr.defaults",
+    "LRError": "naggs_lightning.lr.errors",
+    "CurvatureReading": "naggs_lightning.lr.readings",
+    "WarmupResult": "naggs_lightning.lr.readings",
+    "warm_up_curvature": "naggs_lightning.lr.warmup",
+    "TheorySeed": "naggs_lightning.lr.seed",
+    "theory_seed": "naggs_lightning.lr.seed",
+    "warmed_up_seed": "naggs_lightning.lr.seed",
+    "measure_curvature": "naggs_lightning.lr.measure",
+    "measured_seed": "naggs_lightning.lr.measure",
+    "naggs_hyperparameters": "naggs_lightning.lr.measure",
+    "suggest_lr": "naggs_lightning.lr.suggest",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

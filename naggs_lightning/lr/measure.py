@@ -1,0 +1,93 @@
+"""Measuring a Lightning model: the mu and gamma its NAG-GS optimizer uses, the curvature a run will meet
+(the warm-up of :mod:`~naggs_lightning.lr.warmup` over its training batches), and the seed for it
+(:func:`measured_seed`, which ``naggs-tune``, :func:`~naggs_lightning.lr.suggest.suggest_lr` and
+``TheoryLRFinder`` share).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from torch.optim import Optimizer
+
+from naggs_lightning.lr.defaults import CURVATURE_BATCHES, WARMUP_STEPS
+from naggs_lightning.lr.errors import LRError
+from naggs_lightning.lr.readings import WarmupResult
+from naggs_lightning.lr.seed import TheorySeed, warmed_up_seed
+from naggs_lightning.lr.warmup import warm_up_curvature
+from naggs_lightning.optim import is_naggs
+
+__all__ = ["measure_curvature", "measured_seed", "naggs_hyperparameters"]
+
+
+def naggs_hyperparameters(module: LightningModule) -> tuple[float, float, bool] | None:
+    """``(mu, gamma, fixed_gamma)`` of the NAG-GS optimizer ``module.configure_optimizers()`` returns, or ``None``.
+
+    Reading the optimizer itself (rather than the config) covers both the LightningCLI path, where the
+    CLI injects ``configure_optimizers``, and modules that build their own optimizer.
+    """
+    try:
+        found = module.configure_optimizers()
+    except Exception as exc:
+        raise LRError(
+            f"cannot read mu and gamma: {type(module).__name__}.configure_optimizers() failed outside a Trainer "
+            f"({type(exc).__name__}: {exc}); run without the theory seed"
+        ) from exc
+    stack = [found]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Optimizer) and is_naggs(item):
+            group = next(g for g in item.param_groups if is_naggs(g))
+            return float(group["mu"]), float(group["gamma"]), bool(group.get("fixed_gamma", False))
+        if isinstance(item, dict) and "optimizer" in item:
+            stack.append(item["optimizer"])
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return None
+
+
+def _train_batches(module: LightningModule, datamodule: LightningDataModule | None) -> Any:
+    if datamodule is not None:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        return datamodule.train_dataloader()
+    return module.train_dataloader()
+
+
+def measure_curvature(
+    module: LightningModule,
+    datamodule: LightningDataModule | None,
+    mu: float,
+    *,
+    warmup_steps: int = WARMUP_STEPS,
+    curvature_batches: int = CURVATURE_BATCHES,
+    device: torch.device | str = "cpu",
+) -> WarmupResult:
+    """The curvature a run at ``mu`` will meet: :func:`~naggs_lightning.lr.warmup.warm_up_curvature`
+    on a copy of ``module`` over the training batches of ``datamodule`` (or of the module itself),
+    reading ``curvature_batches`` batches after ``warmup_steps`` steps (0: at initialisation)."""
+    loader = _train_batches(module, datamodule)
+    return warm_up_curvature(
+        module, loader, mu, warmup_steps=warmup_steps, curvature_batches=curvature_batches, device=device
+    )
+
+
+def measured_seed(
+    module: LightningModule,
+    datamodule: LightningDataModule | None,
+    mu: float,
+    gamma: float,
+    *,
+    fixed_gamma: bool = False,
+    safety: float = 0.9,
+    warmup_steps: int = WARMUP_STEPS,
+    curvature_batches: int = CURVATURE_BATCHES,
+    device: torch.device | str = "cpu",
+) -> TheorySeed:
+    """The seed for ``module`` at ``mu``: :func:`measure_curvature` (the warm-up), then :func:`warmed_up_seed`."""
+    warmup = measure_curvature(
+        module, datamodule, mu, warmup_steps=warmup_steps, curvature_batches=curvature_batches, device=device
+    )
+    return warmed_up_seed(warmup, gamma, safety=safety, fixed_gamma=fixed_gamma)

@@ -1,0 +1,84 @@
+"""The theory's step for a Lightning model in one call.
+
+Lightning's ``Tuner.lr_find`` trains a few hundred steps at growing learning rates and suggests the lr
+where the loss fell fastest; it knows nothing of NAG-GS's mu and gamma. :func:`suggest_lr` measures
+the top Hessian eigenvalue of the training loss the run will meet, after a short, safe warm-up on a copy
+of the model (the same measurement as ``naggs-tune``'s seed: :func:`~naggs_lightning.lr.measure.measured_seed`),
+and returns the step the theory recommends for the mu and gamma the model's own NAGGS optimizer uses
+(:class:`~naggs_lightning.lr.seed.TheorySeed`; the suggested lr is its ``alpha``). The model itself takes
+no step and is left as it was.
+
+:class:`~naggs_lightning.callbacks.lr_finder.TheoryLRFinder` does the same inside ``Trainer.fit`` and sets
+the lr, as ``LearningRateFinder`` does. docs/tuner.md compares both on the shipped tasks.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningDataModule, LightningModule
+
+from naggs_lightning.lr.defaults import CURVATURE_BATCHES, WARMUP_STEPS
+from naggs_lightning.lr.errors import LRError
+from naggs_lightning.lr.measure import measured_seed, naggs_hyperparameters
+from naggs_lightning.lr.seed import TheorySeed
+
+__all__ = ["suggest_lr"]
+
+
+def _hyperparameters(model: LightningModule, mu: float | None, gamma: float | None) -> tuple[float, float, bool]:
+    found = naggs_hyperparameters(model) if mu is None or gamma is None else None
+    if found is None and (mu is None or gamma is None):
+        raise LRError(
+            f"{type(model).__name__}.configure_optimizers() does not return NAGGS: pass mu= and gamma= to suggest_lr"
+        )
+    fixed_gamma = found[2] if found is not None else False
+    return (
+        float(mu) if mu is not None else found[0],
+        float(gamma) if gamma is not None else found[1],
+        fixed_gamma,
+    )
+
+
+def suggest_lr(
+    model: LightningModule,
+    datamodule: LightningDataModule | None = None,
+    *,
+    mu: float | None = None,
+    gamma: float | None = None,
+    safety: float = 0.9,
+    warmup_steps: int = WARMUP_STEPS,
+    curvature_batches: int = CURVATURE_BATCHES,
+) -> TheorySeed:
+    """The NAG-GS step (lr) the theory recommends for ``model`` on its training data.
+
+    Args:
+        model: the LightningModule; mu and gamma come from the NAGGS its ``configure_optimizers`` returns
+            unless given.
+        datamodule: where the training batches come from; ``None`` uses the model's own ``train_dataloader``.
+        mu, gamma: override the optimizer's values.
+        safety: factor in (0, 1] on the theory's step (it sits a hair under the stability edge).
+        warmup_steps: NAG-GS steps of the warm-up on a copy of the model before the curvature is read
+            (0: read at initialisation, which underestimates a network's curvature 10-30x).
+        curvature_batches: training batches read after the warm-up; the largest top Hessian eigenvalue is used.
+
+    Returns:
+        A :class:`~naggs_lightning.lr.seed.TheorySeed`: ``alpha`` is the suggested lr; ``lambda_max``,
+        ``alpha_crit``, ``regime`` and the warm-up's record say why (``describe()`` in one line).
+
+    Example::
+
+        seed = naggs_lightning.suggest_lr(model, datamodule)
+        print(seed.describe())
+        model.lr = seed.alpha
+    """
+    mu, gamma, fixed_gamma = _hyperparameters(model, mu, gamma)
+    return measured_seed(
+        model,
+        datamodule,
+        mu,
+        gamma,
+        fixed_gamma=fixed_gamma,
+        safety=safety,
+        warmup_steps=warmup_steps,
+        curvature_batches=curvature_batches,
+        device=next(model.parameters()).device,
+    )
