@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from torch.optim import Optimizer
 
+from naggs_lightning.lr.bracket import bracket_step
 from naggs_lightning.lr.defaults import CURVATURE_BATCHES, WARMUP_STEPS
 from naggs_lightning.lr.errors import LRError
 from naggs_lightning.lr.readings import WarmupResult
@@ -84,10 +86,22 @@ def measured_seed(
     safety: float = 0.9,
     warmup_steps: int = WARMUP_STEPS,
     curvature_batches: int = CURVATURE_BATCHES,
+    bracket_steps: int = 0,
     device: torch.device | str = "cpu",
 ) -> TheorySeed:
-    """The seed for ``module`` at ``mu``: :func:`measure_curvature` (the warm-up), then :func:`warmed_up_seed`."""
-    warmup = measure_curvature(
-        module, datamodule, mu, warmup_steps=warmup_steps, curvature_batches=curvature_batches, device=device
+    """The seed for ``module`` at ``mu``: the warm-up (:func:`measure_curvature`), then :func:`warmed_up_seed`;
+    with ``bracket_steps`` > 0, :func:`~naggs_lightning.lr.bracket.bracket_step` then picks the step above the
+    theory's where short runs of that many steps train best (the seed's ``alpha``; ``theory_step`` keeps the
+    theory's)."""
+    loader = _train_batches(module, datamodule)
+    warmup = warm_up_curvature(
+        module, loader, mu, warmup_steps=warmup_steps, curvature_batches=curvature_batches, device=device
     )
-    return warmed_up_seed(warmup, gamma, safety=safety, fixed_gamma=fixed_gamma)
+    seed = warmed_up_seed(warmup, gamma, safety=safety, fixed_gamma=fixed_gamma)
+    if not bracket_steps:
+        return seed
+    found = bracket_step(
+        module, loader, seed.alpha, seed.mu, gamma if fixed_gamma else seed.mu,
+        fixed_gamma=fixed_gamma, steps=bracket_steps, device=device,
+    )
+    return replace(seed, alpha=found.best.alpha, bracket=found)

@@ -1,5 +1,6 @@
 """What the warm-up (:mod:`~naggs_lightning.lr.warmup`) measured, as plain data: the readings along it, the
-curvature after it, and the curvature the run will meet (:attr:`WarmupResult.lambda_run`).
+curvature after it, and the curvature the run will meet (:attr:`WarmupResult.lambda_run`); and what the
+bracket (:mod:`~naggs_lightning.lr.bracket`) found above the theory's step (:class:`Bracket`).
 
 Kept apart from the warm-up itself so that reading a stored seed back (``naggs-tune`` resuming a study)
 needs neither torch nor Lightning.
@@ -9,9 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["CurvatureReading", "WarmupResult"]
+__all__ = ["Bracket", "BracketRun", "CurvatureReading", "WarmupResult"]
 
 #: The most further growth :attr:`WarmupResult.lambda_run` allows for after the warm-up.
 _HEADROOM = 2.0
@@ -113,3 +114,61 @@ class WarmupResult:
             tuple(attrs.get("restarts", ())),
             math.inf if attrs.get("cap") is None else float(attrs["cap"]),
         )
+
+
+Outcome = Literal["trains", "no better", "collapsed", "diverged"]
+
+#: A score at or above this share of the initial loss is a run that did not train (a catapult into a flat
+#: region, or a loss stuck at the entropy of a uniform guess).
+COLLAPSED_SHARE = 0.98
+
+
+@dataclass(frozen=True)
+class BracketRun:
+    """One short run of the bracket: its factor on the seed, its step, its score and what happened."""
+
+    factor: float
+    alpha: float
+    score: float
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class Bracket:
+    """The bracket's runs, the initial loss they are judged against, and the step it suggests."""
+
+    runs: tuple[BracketRun, ...]
+    initial_loss: float
+    steps: int
+    seconds: float
+
+    @property
+    def best(self) -> BracketRun:
+        """The run with the lowest score among those that trained (the first run when none did)."""
+        trained = [r for r in self.runs if r.outcome in ("trains", "no better")]
+        return min(trained, key=lambda r: r.score) if trained else self.runs[0]
+
+    def describe(self) -> str:
+        """One line: each run's step, score and outcome, and the choice."""
+        runs = ", ".join(f"{r.factor:g}x = {r.alpha:.4g}: {r.score:.4g} ({r.outcome})" for r in self.runs)
+        return (
+            f"bracket of {self.steps}-step runs from the initialisation (loss {self.initial_loss:.4g}): {runs}; "
+            f"best {self.best.factor:g}x the seed ({self.seconds:.2f} s)"
+        )
+
+    def to_attrs(self) -> dict[str, Any]:
+        """JSON-safe attributes."""
+        return {
+            "runs": [vars(r) | {"score": r.score if math.isfinite(r.score) else None} for r in self.runs],
+            "initial_loss": self.initial_loss,
+            "steps": self.steps,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> Bracket:
+        runs = tuple(
+            BracketRun(r["factor"], r["alpha"], math.inf if r["score"] is None else r["score"], r["outcome"])
+            for r in attrs["runs"]
+        )
+        return cls(runs, attrs["initial_loss"], attrs["steps"], attrs["seconds"])

@@ -45,7 +45,7 @@ from typing import Any
 
 from naggs_lightning import theory
 from naggs_lightning.lr.errors import LRError
-from naggs_lightning.lr.readings import WarmupResult
+from naggs_lightning.lr.readings import Bracket, WarmupResult
 
 __all__ = ["TheorySeed", "theory_seed", "warmed_up_seed"]
 
@@ -63,6 +63,8 @@ class TheorySeed:
     alpha: float
     warmup: WarmupResult | None = None
     """How ``lambda_max`` was measured (``None``: at initialisation, without a warm-up)."""
+    bracket: Bracket | None = None
+    """The short runs above the theory's step that chose :attr:`alpha` (``None``: ``alpha`` is the theory's)."""
 
     @property
     def all_stable(self) -> bool:
@@ -74,17 +76,33 @@ class TheorySeed:
         curvature = f"L = {self.lambda_max:.4g}"
         if self.all_stable:
             return f"{curvature} <= 2 mu = {2 * self.mu:.4g}: every alpha is stable (step capped at 1/mu)"
-        return f"{curvature} > 2 mu = {2 * self.mu:.4g}: alpha above alpha_crit = {self.alpha_crit:.4g} diverges"
+        if self.warmup is None:
+            return f"{curvature} > 2 mu = {2 * self.mu:.4g}: alpha above alpha_crit = {self.alpha_crit:.4g} diverges"
+        # A network is not a quadratic: past the edge it sharpens to it and self-stabilises (THEORY.md 2c, 2e).
+        return (
+            f"{curvature} > 2 mu = {2 * self.mu:.4g}: alpha_crit = {self.alpha_crit:.4g} is the stability edge "
+            "for this curvature (a network trained above it sharpens to its edge and keeps training there, up to "
+            "the step where it collapses or diverges)"
+        )
 
     def describe(self) -> str:
         """One line: the estimate, the regime and the seed."""
         which = "alpha*(mu, 2 mu)" if self.all_stable else ("alpha*" if self.gamma == self.mu else "alpha_c")
         where = "at initialisation" if self.warmup is None else "expected in the run"
         line = (
-            f"{self.regime} ({where}); seed alpha = {self.safety:.3g} x {which} = {self.alpha:.4g} "
+            f"{self.regime} ({where}); seed alpha = {self.safety:.3g} x {which} = {self.theory_step:.4g} "
             f"(mu = {self.mu:.4g}, gamma = {self.gamma:.4g})"
         )
-        return line if self.warmup is None else f"{line}; {self.warmup.describe()}"
+        if self.warmup is not None:
+            line = f"{line}; {self.warmup.describe()}"
+        if self.bracket is not None:
+            line = f"{line}; {self.bracket.describe()}: lr = {self.alpha:.4g}"
+        return line
+
+    @property
+    def theory_step(self) -> float:
+        """The theory's step before the bracket: ``safety`` times the smaller of alpha* and alpha_crit."""
+        return self.safety * min(self.alpha_theory, self.alpha_crit)
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-safe attributes (``alpha_crit`` is ``None`` when infinite) for the study's user_attrs."""
@@ -92,6 +110,7 @@ class TheorySeed:
         out["alpha_crit"] = None if math.isinf(self.alpha_crit) else self.alpha_crit
         out["regime"] = self.regime
         out["warmup"] = None if self.warmup is None else self.warmup.to_attrs()
+        out["bracket"] = None if self.bracket is None else self.bracket.to_attrs()
         return out
 
     @classmethod
@@ -99,8 +118,12 @@ class TheorySeed:
         fields = {k: attrs[k] for k in ("lambda_max", "mu", "gamma", "safety", "alpha_theory", "alpha_crit", "alpha")}
         if fields["alpha_crit"] is None:
             fields["alpha_crit"] = math.inf
-        warmup = attrs.get("warmup")
-        return cls(**fields, warmup=None if warmup is None else WarmupResult.from_attrs(warmup))
+        warmup, bracket = attrs.get("warmup"), attrs.get("bracket")
+        return cls(
+            **fields,
+            warmup=None if warmup is None else WarmupResult.from_attrs(warmup),
+            bracket=None if bracket is None else Bracket.from_attrs(bracket),
+        )
 
 
 def theory_seed(lambda_max: float, mu: float, gamma: float, *, safety: float = 0.9) -> TheorySeed:
@@ -130,8 +153,8 @@ def theory_seed(lambda_max: float, mu: float, gamma: float, *, safety: float = 0
         )
     alpha_theory = float(theory.alpha_c(mu, gamma, big))
     alpha_crit = float(theory.alpha_crit(mu, gamma, lambda_max))
-    alpha = safety * min(alpha_theory, alpha_crit)
-    return TheorySeed(float(lambda_max), float(mu), float(gamma), float(safety), alpha_theory, alpha_crit, alpha)
+    seed = TheorySeed(float(lambda_max), float(mu), float(gamma), float(safety), alpha_theory, alpha_crit, math.nan)
+    return replace(seed, alpha=seed.theory_step)
 
 
 def warmed_up_seed(warmup: WarmupResult, gamma: float, *, safety: float = 0.9, fixed_gamma: bool = False) -> TheorySeed:

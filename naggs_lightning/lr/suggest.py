@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from lightning.pytorch import LightningDataModule, LightningModule
 
-from naggs_lightning.lr.defaults import CURVATURE_BATCHES, WARMUP_STEPS
+from naggs_lightning.lr.defaults import BRACKET_STEPS, CURVATURE_BATCHES, WARMUP_STEPS
 from naggs_lightning.lr.errors import LRError
 from naggs_lightning.lr.measure import measured_seed, naggs_hyperparameters
 from naggs_lightning.lr.seed import TheorySeed
@@ -47,6 +47,7 @@ def suggest_lr(
     safety: float = 0.9,
     warmup_steps: int = WARMUP_STEPS,
     curvature_batches: int = CURVATURE_BATCHES,
+    bracket_steps: int = BRACKET_STEPS,
 ) -> TheorySeed:
     """The NAG-GS step (lr) the theory recommends for ``model`` on its training data.
 
@@ -59,6 +60,9 @@ def suggest_lr(
         warmup_steps: NAG-GS steps of the warm-up on a copy of the model before the curvature is read
             (0: read at initialisation, which underestimates a network's curvature 10-30x).
         curvature_batches: training batches read after the warm-up; the largest top Hessian eigenvalue is used.
+        bracket_steps: steps of each short run of the bracket above the theory's step
+            (:mod:`~naggs_lightning.lr.bracket`: 1, 2 and 4 times it, from the initialisation, on copies of the
+            model); 0 returns the theory's step itself.
 
     Returns:
         A :class:`~naggs_lightning.lr.seed.TheorySeed`: ``alpha`` is the suggested lr; ``lambda_max``,
@@ -80,5 +84,6 @@ def suggest_lr(
         safety=safety,
         warmup_steps=warmup_steps,
         curvature_batches=curvature_batches,
+        bracket_steps=bracket_steps,
         device=next(model.parameters()).device,
     )

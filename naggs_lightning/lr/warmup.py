@@ -53,7 +53,7 @@ from naggs_lightning.optim import NAGGS
 __all__ = ["warm_up_curvature"]
 
 
-def _cycle(batches: Iterable[Any]) -> Iterator[Any]:
+def cycle(batches: Iterable[Any]) -> Iterator[Any]:
     while True:
         empty = True
         for batch in batches:
@@ -119,16 +119,16 @@ def warm_up_curvature(
     restarts: list[str] = []
     cap = math.inf
     with torch.random.fork_rng(devices=[]):
-        source = _cycle(batches)
+        source = cycle(batches)
         # The first batch is read at initialisation and again after the warm-up: growth compares one
         # batch with itself, so batch-to-batch spread is not mistaken for sharpening.
-        first = _to(next(source), device)
+        first = batch_to(next(source), device)
         for _ in range(_MAX_RESTARTS + 1):
             model = copy.deepcopy(module).to(device)
             readings, failed = _ramp(
                 model, first, source, mu, bounds, growth, margin, safety, cap, (max_iter, tol), device
             )
-            ends = [first] + [_to(next(source), device) for _ in range(curvature_batches - 1)]
+            ends = [first] + [batch_to(next(source), device) for _ in range(curvature_batches - 1)]
             after = [_read(model, batch, max_iter, tol) for batch in ends] if failed is None else []
             final = tuple(lam for lam, _ in after)
             finite = all(math.isfinite(lam) and math.isfinite(l) for lam, l in after)
@@ -188,7 +188,7 @@ def _ramp(
     for j in range(len(bounds) - 1):
         if bounds[j] == bounds[j + 1]:
             continue
-        batch = first if j == 0 else _to(next(source), device)
+        batch = first if j == 0 else batch_to(next(source), device)
         lam, at = _read(model, batch, *(accurate if j == 0 else _STAGE_READ))
         if not readings:
             _check_finite((lam, at))
@@ -205,7 +205,7 @@ def _ramp(
             group["lr"] = alpha
         for k in range(bounds[j], bounds[j + 1]):
             if k > bounds[j]:
-                batch = _to(next(source), device)
+                batch = batch_to(next(source), device)
             loss_t = module_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss_t.backward()
@@ -216,7 +216,7 @@ def _ramp(
     return readings, None
 
 
-def _to(batch: Any, device: torch.device | str) -> Any:
+def batch_to(batch: Any, device: torch.device | str) -> Any:
     from lightning.pytorch.utilities import move_data_to_device
 
     return move_data_to_device(batch, device)

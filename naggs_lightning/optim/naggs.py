@@ -63,6 +63,13 @@ class NAGGS(CheckedOptimizer):
 """
         + _DOC_MATH
         + r"""
+    The defaults (lr 0.07, mu = gamma = 0.03) train networks as a drop-in for
+    ``SGD(lr=0.1, momentum=0.9, nesterov=True)``: by the heavy-ball identity they are heavy ball with lr 0.143
+    and momentum 0.873, an effective step ``lr / (1 - momentum)`` of 1.12 against SGD-Nesterov's 1.0. They
+    were chosen on a panel of user networks (``benchmarks/panel.py``; the table is in docs/benchmarks.md).
+    A convex model (logistic or linear regression) trains faster in the paper's regime, ``mu = gamma = 1``
+    with lr about 0.5; :func:`naggs_lightning.suggest_lr` measures the step for any model and mu.
+
     Args:
         params: parameters or param groups to optimise. Each group may hold its own ``lr``, ``mu`` and
             ``gamma``.
@@ -116,9 +123,9 @@ class NAGGS(CheckedOptimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float | Tensor = 0.1,
-        mu: float = 1.0,
-        gamma: float = 1.0,
+        lr: float | Tensor = 0.07,
+        mu: float = 0.03,
+        gamma: float = 0.03,
         *,
         fixed_gamma: bool = False,
         weight_decay: float = 0.0,
