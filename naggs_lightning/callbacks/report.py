@@ -16,7 +16,10 @@ from rich.table import Table
 from naggs_lightning.callbacks.groups import GroupStability
 from naggs_lightning.curvature import BatchProbe
 
-__all__ = ["StabilityWarning", "divergence_table", "info", "log_probe", "warn"]
+__all__ = ["METRIC_PREFIX", "StabilityWarning", "divergence_table", "info", "log_probe", "warn"]
+
+#: What every key the monitor logs starts with (``stability/lambda_max``, ...).
+METRIC_PREFIX = "stability/"
 
 _PREFIX = "SpectralStabilityMonitor: "
 
@@ -70,14 +73,15 @@ def log_probe(
 ) -> dict[str, float]:
     """Log a probe's finite numbers to every logger and ``trainer.callback_metrics``; return them."""
     metrics = {
-        "stability/lambda_max": probe.eigen.eigenvalue,
-        "stability/hvps": float(probe.eigen.n_matvecs),
-        "stability/batch_sharpness": probe.batch_sharpness,
+        "lambda_max": probe.eigen.eigenvalue,
+        "hvps": float(probe.eigen.n_matvecs),
+        "batch_sharpness": probe.batch_sharpness,
     }
     if cosine is not None:
-        metrics["stability/update_cosine"] = cosine
+        metrics["update_cosine"] = cosine
     for row in rows:
-        metrics.update({f"stability/{name}{row.suffix}": value for name, value in row.metrics.items()})
+        metrics.update({f"{name}{row.suffix}": value for name, value in row.metrics.items()})
+    metrics = {METRIC_PREFIX + k: v for k, v in metrics.items()}
     metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
     device = trainer.strategy.root_device
     trainer.callback_metrics.update({k: torch.tensor(v, device=device) for k, v in metrics.items()})

@@ -32,6 +32,7 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from optuna.trial import TrialState
 
 from naggs_lightning.callbacks import SpectralStabilityMonitor
+from naggs_lightning.callbacks.report import METRIC_PREFIX
 from naggs_lightning.tune.config import get_path, with_params
 from naggs_lightning.tune.errors import TuneError
 from naggs_lightning.tune.interrupts import Interrupted, InterruptGuard, StopOnInterrupt
@@ -279,7 +280,7 @@ class TrialCallback(Callback):
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
-            logged = sorted(k for k in trainer.callback_metrics if not k.startswith("stability/"))
+            logged = sorted(k for k in trainer.callback_metrics if not k.startswith(METRIC_PREFIX))
             raise TuneError(
                 f"the metric {self.monitor!r} is not logged during validation; logged: {logged or 'nothing'}"
             )
@@ -299,14 +300,10 @@ class TrialCallback(Callback):
 
 
 def _monitor_stop(trainer: Trainer) -> str | None:
-    """Why a :class:`SpectralStabilityMonitor` with ``on_unstable="stop"`` ended the run, if it did."""
-    if not trainer.should_stop:
-        return None
+    """Why a :class:`SpectralStabilityMonitor` ended the run (its :attr:`~SpectralStabilityMonitor.stop_reason`)."""
     for cb in trainer.callbacks:
-        if isinstance(cb, SpectralStabilityMonitor) and cb.on_unstable == "stop" and cb.unstable:
-            last = cb.history[-1] if cb.history else None
-            where = f" (lambda_max = {last['lambda_max']:.4g} at step {last['step']})" if last else ""
-            return f"diverging: stopped by SpectralStabilityMonitor{where}"
+        if isinstance(cb, SpectralStabilityMonitor) and cb.stop_reason is not None:
+            return f"diverging: stopped by SpectralStabilityMonitor ({cb.stop_reason})"
     return None
 
 
