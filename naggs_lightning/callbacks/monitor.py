@@ -268,7 +268,12 @@ class SpectralStabilityMonitor(Callback):
             report.warn(f"step {step}: diverging: {reason}.\n{table}")
             if self.on_unstable == "stop":
                 self._stop(trainer, f"lambda_max = {lam:.4g} at step {step}: {reason}")
-        record = {"step": step, "lambda_max": lam, "batch_sharpness": probe.batch_sharpness, "edge_ratio": obs.edge_ratio}
+        record = {
+            "step": step,
+            "lambda_max": lam,
+            "batch_sharpness": probe.batch_sharpness,
+            "edge_ratio": obs.edge_ratio,
+        }
         record.update(loss=loss, **obs.notes, hvps=probe.eigen.n_matvecs, converged=probe.eigen.converged)
         record["unstable"] = diverging
         cosine = obs.update_cosine
@@ -283,7 +288,9 @@ def _checked_detectors(detectors: Any) -> list[Detector]:
     )
     names = [d.name for d in detectors]
     duplicates = sorted({n for n in names if names.count(n) > 1})
-    _check(not duplicates, f"detectors' names must be unique (their state is saved under them), got twice: {duplicates}")
+    _check(
+        not duplicates, f"detectors' names must be unique (their state is saved under them), got twice: {duplicates}"
+    )
     return list(detectors)
 
 
