@@ -604,3 +604,34 @@ monitor:
     ]
     default = parser.instantiate_classes(parser.parse_string("monitor: {every_n_steps: 5}")).monitor
     assert [repr(d) for d in default.detectors] == [repr(d) for d in default_detectors()]
+
+
+def test_naggs_train_cli_builds_the_monitor_with_its_detectors_from_a_config(monkeypatch):
+    from naggs_lightning.cli import build_cli
+
+    monkeypatch.setattr("sys.argv", ["naggs-train"])
+
+    monitor_config = {
+        "class_path": "naggs_lightning.callbacks.SpectralStabilityMonitor",
+        "init_args": {
+            "every_n_steps": 20,
+            "detectors": [
+                {"class_path": "naggs_lightning.callbacks.NonFiniteLossDetector"},
+                {"class_path": "naggs_lightning.callbacks.SpikeDetector", "init_args": {"factor": 3.5}},
+            ],
+        },
+    }
+    config = {
+        "model": {"class_path": "naggs_lightning.tasks.MLP"},
+        "data": {"class_path": "naggs_lightning.tasks.DigitsDataModule"},
+        "trainer": {"callbacks": [monitor_config], "logger": False, "enable_checkpointing": False},
+    }
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "No seed found")
+        cli = build_cli(config, run=False)
+    (monitor,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, SpectralStabilityMonitor)]
+    assert monitor.every_n_steps == 20
+    assert [repr(d) for d in monitor.detectors] == [
+        "NonFiniteLossDetector()",
+        "SpikeDetector(factor=3.5, min_rise=0.1, window=50)",
+    ]
