@@ -34,7 +34,7 @@ import lightning.pytorch as pl
 import torch
 from _trainer import quiet_trainer
 
-from naggs_lightning.callbacks import SpectralStabilityMonitor, StabilityWarning
+from naggs_lightning.callbacks import SpectralStabilityMonitor, StabilityWarning, default_detectors
 from naggs_lightning.tasks import MLP, DigitsCNN, DigitsDataModule
 
 # Both well inside the stable range (checked: no StabilityWarning in these runs), so that only the
@@ -97,6 +97,7 @@ def main() -> None:
     }
     if args.every_n_steps is not None:
         settings["every_n_steps"] = args.every_n_steps
+    settings["detectors"] = default_detectors()  # what detectors=None builds, with each detector's settings
     print("SpectralStabilityMonitor(" + ", ".join(f"{k}={v!r}" for k, v in settings.items()) + ")")
     print(f"{args.steps} steps, batch 64, {args.threads} thread(s), best of {args.repeats} alternating repeats\n")
     print(

@@ -23,7 +23,18 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from naggs_lightning import NAGGS, theory
-from naggs_lightning.callbacks import SpectralStabilityMonitor, StabilityWarning
+from naggs_lightning.callbacks import (
+    Decision,
+    Detector,
+    EdgeOfStabilityDetector,
+    NonFiniteLossDetector,
+    Observation,
+    OscillationDetector,
+    SpectralStabilityMonitor,
+    SpikeDetector,
+    StabilityWarning,
+    default_detectors,
+)
 from naggs_lightning.curvature import estimate_top_eigenvalue
 from naggs_lightning.tasks import MLP, DigitsDataModule, LeastSquares, QuadraticDataModule
 
@@ -216,6 +227,8 @@ def test_stop_ends_training_at_the_first_probe():
     assert trainer.global_step == 1
     assert monitor.unstable
     assert len(stability_warnings(record, "past the stability edge")) == 1
+    lam = monitor.history[0]["lambda_max"]
+    assert monitor.stop_reason.startswith(f"lambda_max = {lam:.4g} at step 1: the top Hessian eigenvalue is ")
 
 
 @pytest.mark.slow
@@ -279,6 +292,8 @@ def test_non_finite_loss_acts_at_once(action, stops):
     assert len(messages) == 1  # once per episode, though every later loss is NaN too
     assert "no longer finite" in messages[0]
     assert monitor.unstable
+    expected = "step 4: the training loss is nan; the parameters are no longer finite: stopping training"
+    assert monitor.stop_reason == (expected if stops else None)
 
 
 def test_loss_spike_brings_the_probe_forward_and_the_cap_holds_under_a_scheduler():
@@ -442,10 +457,9 @@ def test_manual_optimization_needs_compute_loss():
         (dict(tol=1.0), r"tol must be in \[0, 1\)"),
         (dict(method="fd"), "method must be"),
         (dict(algorithm="arnoldi"), "algorithm must be"),
-        (dict(spike_factor=1.0), "spike_factor must be finite and > 1"),
-        (dict(spike_min_rise=-0.1), "spike_min_rise must be finite and >= 0"),
-        (dict(spike_window=2), "spike_window must be an integer >= 3"),
-        (dict(oscillation_threshold=1.0), r"oscillation_threshold must be in \[-1, 1\)"),
+        (dict(detectors=[SpikeDetector(), "edge"]), "detectors must be a list of Detector instances"),
+        (dict(detectors=SpikeDetector()), "detectors must be a list of Detector instances"),
+        (dict(detectors=[SpikeDetector(), SpikeDetector(factor=5.0)]), r"names must be unique .* \['spike'\]"),
     ],
 )
 def test_invalid_arguments(kwargs, match):
@@ -481,3 +495,143 @@ def test_cap_lr_lifts_the_cap_once_the_asked_for_step_is_below_its_edge():
     assert recorder.lrs[lifted_at:] == pytest.approx([asked] * (60 - lifted_at))
     assert monitor.lr_caps == {}
     assert all(math.isfinite(loss) for loss in recorder.losses)
+
+
+def test_the_default_list_is_what_no_detectors_builds():
+    def settings(detectors):
+        return [(type(d), repr(d), d.name) for d in detectors]
+
+    expected = [NonFiniteLossDetector(), SpikeDetector(), OscillationDetector(), EdgeOfStabilityDetector()]
+    assert settings(SpectralStabilityMonitor().detectors) == settings(default_detectors()) == settings(expected)
+    assert SpectralStabilityMonitor().detectors[0] is not SpectralStabilityMonitor().detectors[0]  # not shared
+
+
+class LossAbove(Detector):
+    """A user's rule: a training loss above ``limit`` is divergence (once per episode)."""
+
+    name = "loss_above"
+
+    def __init__(self, limit: float = 1.0) -> None:
+        self.limit = limit
+        self.diverging = False
+        self.seen: list[tuple[str, int]] = []
+
+    def on_batch(self, obs):
+        self.seen.append(("batch", obs.step))
+        start = obs.loss is not None and obs.loss > self.limit and not self.diverging
+        self.diverging = obs.loss is not None and obs.loss > self.limit
+        return [Decision.diverging(f"the loss {obs.loss:.3g} is above {self.limit:g}")] if start else []
+
+    def on_probe(self, obs):
+        self.seen.append(("probe", obs.step))
+        return [Decision.inform(f"probed at {obs.lambda_max:.3g}")]
+
+    def state_dict(self):
+        return {"diverging": self.diverging}
+
+    def load_state_dict(self, state):
+        self.diverging = state["diverging"]
+
+
+def test_a_custom_detector_in_the_list_acts_and_its_reason_reaches_the_warning(caplog):
+    caplog.set_level("INFO", logger="lightning.pytorch")
+    model = Digits("mlp", lambda m: NAGGS(m.parameters(), lr=0.1, mu=1.0, gamma=1.0))
+    custom = LossAbove(limit=0.5)  # the digits MLP starts at a loss of about 2.3
+    monitor = SpectralStabilityMonitor(every_n_steps=3, on_unstable="stop", detectors=[custom])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer = fit(model, [monitor], digits_loader(), max_steps=10)
+    assert trainer.global_step == 1  # stopped at the first step's loss
+    (warning,) = stability_warnings(record)
+    assert warning.startswith("SpectralStabilityMonitor: step 1: the loss 2.3") and "is above 0.5" in warning
+    assert monitor.unstable and monitor.stop_reason.startswith("step 1: the loss 2.3")
+    assert custom.seen == [("batch", 1), ("probe", 1)]  # the first step is probed (finite loss) before the stop
+    assert any("step 1: probed at" in r.getMessage() for r in caplog.records)
+    # Without the default detectors there is no zone in the record, and nothing else changes.
+    assert "zone" not in monitor.history[0] and monitor.history[0]["unstable"]
+
+
+def test_state_dict_round_trips_each_detector_under_its_name():
+    detectors = [NonFiniteLossDetector(), SpikeDetector(window=4), EdgeOfStabilityDetector(), LossAbove()]
+    monitor = SpectralStabilityMonitor(detectors=detectors)
+    for loss in (1.0, 1.0, 1.0, math.nan, 9.0):
+        for detector in detectors:
+            detector.on_batch(Observation(1, 500, loss=loss))
+    detectors[2].on_probe(Observation(1, 500, loss=1.0, lambda_max=3.0, edge_ratio=3.0, loss_after=1.0))
+    state = monitor.state_dict()
+    assert set(state["detectors"]) == {"non_finite", "spike", "edge", "loss_above"}
+    assert state["detectors"]["spike"] == {"losses": [1.0, 1.0, 1.0, 9.0], "scale": 1.0, "active": True}
+    assert state["detectors"]["edge"] == {"reached": True, "diverging": False, "recheck": 2}
+    assert state["detectors"]["loss_above"] == {"diverging": True}
+    restored = SpectralStabilityMonitor(
+        detectors=[NonFiniteLossDetector(), SpikeDetector(window=4), EdgeOfStabilityDetector(), LossAbove()]
+    )
+    restored.load_state_dict(state)
+    assert restored.state_dict()["detectors"] == state["detectors"] and restored.unstable
+    # A detector the checkpoint does not know starts fresh; one it knows but the list lacks is ignored.
+    partial = SpectralStabilityMonitor(detectors=[OscillationDetector(), LossAbove()])
+    partial.load_state_dict(state)
+    assert partial.state_dict()["detectors"] == {
+        "oscillation": {"snapshot": None, "update": None},
+        "loss_above": {"diverging": True},
+    }
+
+
+def test_jsonargparse_builds_a_monitor_with_a_detectors_list_from_yaml():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(SpectralStabilityMonitor, "monitor")
+    config = parser.parse_string(
+        """
+monitor:
+  every_n_steps: 20
+  on_unstable: cap_lr
+  detectors:
+    - class_path: naggs_lightning.callbacks.NonFiniteLossDetector
+    - class_path: naggs_lightning.callbacks.SpikeDetector
+      init_args: {factor: 4.0, window: 20}
+    - class_path: naggs_lightning.callbacks.EdgeOfStabilityDetector
+      init_args: {divergence_ratio: 3.0}
+"""
+    )
+    monitor = parser.instantiate_classes(config).monitor
+    assert monitor.every_n_steps == 20 and monitor.on_unstable == "cap_lr"
+    assert [repr(d) for d in monitor.detectors] == [
+        "NonFiniteLossDetector()",
+        "SpikeDetector(factor=4.0, min_rise=0.1, window=20)",
+        "EdgeOfStabilityDetector(band=0.1, divergence_ratio=3.0)",
+    ]
+    default = parser.instantiate_classes(parser.parse_string("monitor: {every_n_steps: 5}")).monitor
+    assert [repr(d) for d in default.detectors] == [repr(d) for d in default_detectors()]
+
+
+def test_naggs_train_cli_builds_the_monitor_with_its_detectors_from_a_config(monkeypatch):
+    from naggs_lightning.cli import build_cli
+
+    monkeypatch.setattr("sys.argv", ["naggs-train"])
+
+    monitor_config = {
+        "class_path": "naggs_lightning.callbacks.SpectralStabilityMonitor",
+        "init_args": {
+            "every_n_steps": 20,
+            "detectors": [
+                {"class_path": "naggs_lightning.callbacks.NonFiniteLossDetector"},
+                {"class_path": "naggs_lightning.callbacks.SpikeDetector", "init_args": {"factor": 3.5}},
+            ],
+        },
+    }
+    config = {
+        "model": {"class_path": "naggs_lightning.tasks.MLP"},
+        "data": {"class_path": "naggs_lightning.tasks.DigitsDataModule"},
+        "trainer": {"callbacks": [monitor_config], "logger": False, "enable_checkpointing": False},
+    }
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "No seed found")
+        cli = build_cli(config, run=False)
+    (monitor,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, SpectralStabilityMonitor)]
+    assert monitor.every_n_steps == 20
+    assert [repr(d) for d in monitor.detectors] == [
+        "NonFiniteLossDetector()",
+        "SpikeDetector(factor=3.5, min_rise=0.1, window=50)",
+    ]

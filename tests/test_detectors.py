@@ -1,8 +1,10 @@
-"""The monitor's detectors on their own: each decision method against hand-computed cases, and each state_dict.
+"""The monitor's detectors on their own: each decision method against hand-computed cases, each detector's hooks
+(:class:`~naggs_lightning.callbacks.Observation` in, :class:`~naggs_lightning.callbacks.Decision` out), and each
+state_dict.
 
 Oracles: the rules as documented in each detector's module (numbers chosen so that the answer is known by
-hand), :mod:`naggs_lightning.theory` for the edges, and a detector restored from a state_dict deciding like
-the original.
+hand), :mod:`naggs_lightning.theory` for the edges, the detector's own ``check`` method for its hooks, and a
+detector restored from a state_dict deciding like the original.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import torch
 
 from naggs_lightning import NAGGS, theory
 from naggs_lightning.callbacks import (
+    Decision,
+    Detector,
     EdgeOfStabilityDetector,
     LrCap,
     NonFiniteLossDetector,
+    Observation,
     OscillationDetector,
     SpikeDetector,
 )
@@ -151,15 +156,100 @@ def test_lr_cap_keeps_a_tensor_lr_a_tensor_and_round_trips():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: SpikeDetector(1.0, 0.1, 10), "spike_factor must be finite and > 1"),
-        (lambda: SpikeDetector(3.0, -1.0, 10), "spike_min_rise must be finite and >= 0"),
-        (lambda: SpikeDetector(3.0, 0.1, 2), "spike_window must be an integer >= 3"),
-        (lambda: OscillationDetector(1.0), r"oscillation_threshold must be in \[-1, 1\)"),
-        (lambda: EdgeOfStabilityDetector(1.0, 2.0), r"edge_band must be in \[0, 1\)"),
-        (lambda: EdgeOfStabilityDetector(0.1, 1.0), "divergence_ratio must be finite and > 1"),
+        (lambda: SpikeDetector(1.0, 0.1, 10), "SpikeDetector factor must be finite and > 1"),
+        (lambda: SpikeDetector(3.0, -1.0, 10), "SpikeDetector min_rise must be finite and >= 0"),
+        (lambda: SpikeDetector(3.0, 0.1, 2), "SpikeDetector window must be an integer >= 3"),
+        (lambda: OscillationDetector(1.0), r"OscillationDetector threshold must be in \[-1, 1\)"),
+        (lambda: EdgeOfStabilityDetector(1.0, 2.0), r"EdgeOfStabilityDetector band must be in \[0, 1\)"),
+        (lambda: EdgeOfStabilityDetector(0.1, 1.0), "EdgeOfStabilityDetector divergence_ratio must be finite and > 1"),
+        (lambda: Decision("stop", "why"), "Decision action must be one of"),
         (lambda: LrCap(0.0), r"safety_factor must be in \(0, 1\]"),
     ],
 )
 def test_invalid_arguments_name_the_parameter(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_non_finite_hooks_decide_diverging_once_and_report_a_failed_probe():
+    detector = NonFiniteLossDetector()
+    assert detector.on_batch(Observation(1, 10, loss=None)) == [] and detector.on_batch(Observation(1, 10, 1.0)) == []
+    assert detector.on_batch(Observation(2, 10, loss=math.nan)) == [Decision.diverging("the training loss is nan")]
+    assert detector.diverging and detector.on_batch(Observation(3, 10, loss=math.inf)) == []
+    assert detector.on_probe(Observation(3, 10, error="no curvature")) == []  # reported already
+    detector.on_batch(Observation(4, 10, loss=0.5))
+    assert not detector.diverging
+    assert detector.on_probe(Observation(5, 10, error="no curvature")) == [
+        Decision.diverging("the curvature probe failed: no curvature")
+    ]
+
+
+def test_spike_hooks_ask_for_a_probe_now_and_tell_the_edge():
+    detector = SpikeDetector(factor=3.0, min_rise=0.1, window=10)
+    for step in range(5):
+        assert detector.on_batch(Observation(step, 10, loss=1.0)) == []
+    assert detector.on_batch(Observation(5, 10, loss=math.nan)) == []  # not finite: not a spike, not in the window
+    (decision,) = detector.on_batch(Observation(6, 10, loss=4.0))
+    assert decision.action == "probe" and decision.after == 0 and "4.0x the median 1 of the last 5" in decision.reason
+    obs = Observation(6, 10, loss=4.0)
+    assert detector.on_probe(obs) == [] and obs.spiking
+
+
+def test_oscillation_hooks_set_the_cosine_and_add_a_sign_at_a_probe():
+    detector = OscillationDetector(threshold=-0.5)
+    direction = torch.tensor([1.0, -2.0])
+    obs = None
+    for step in range(3, 6):
+        obs = Observation(step, 5, loss=1.0, params=[direction * (-1) ** step])
+        assert detector.on_step(obs) == []
+    assert obs.update_cosine == pytest.approx(-1.0)
+    assert detector.on_probe(obs) == [] and obs.signs == []  # the probe failed: no curvature, no sign
+    obs.lambda_max = 1.0
+    assert detector.on_probe(obs) == [] and obs.signs == [detector.check(obs.update_cosine)[1]]
+
+
+def test_edge_hooks_inform_once_decide_with_the_signs_and_recheck_past_the_edge():
+    def probe(step, ratio, loss=1.0, loss_after=1.0, signs=(), spiking=False):
+        obs = Observation(step, 16, loss=loss, lambda_max=ratio, edge_ratio=ratio, loss_after=loss_after)
+        obs.signs.extend(signs)
+        obs.spiking = spiking
+        return obs, list(detector.on_probe(obs))
+
+    detector = EdgeOfStabilityDetector()
+    obs, decisions = probe(1, 0.5)
+    assert decisions == [] and obs.notes == {"zone": "below"}
+    obs, (decision,) = probe(2, 1.05, loss=1.0, loss_after=2.0)  # at the edge a rising loss is normal
+    assert decision.action == "inform" and "reached the stability edge" in decision.reason
+    assert obs.notes == {"zone": "edge"} and not detector.diverging
+    # Past the edge without a sign: probes after 1, 2, 4, 8, 8 steps (every_n_steps 16).
+    assert [probe(k, 3.0)[1] for k in range(3, 8)] == [[Decision.probe(after=n)] for n in (1, 2, 4, 8, 8)]
+    _, (decision,) = probe(8, 3.0, loss=1.0, loss_after=1.5, signs=["the updates oscillate"])
+    assert decision == Decision.diverging(
+        "the top Hessian eigenvalue is 3.00x the stability edge and the probed batch's loss rose over the step "
+        "(1 -> 1.5); the updates oscillate. The step is past the stability edge"
+    )
+    assert detector.diverging and probe(9, 3.0, signs=["the updates oscillate"])[1] == []  # one episode
+    assert probe(10, 1.0)[1] == [] and not detector.diverging and detector.recheck == 1
+    _, (decision,) = probe(11, 1.2, loss_after=2.0, spiking=True)  # a spike: diverging from the edge on
+    assert decision.action == "diverging" and "after a loss spike" in decision.reason
+    assert probe(12, None)[1] == []  # a failed probe: nothing to read
+    restored = EdgeOfStabilityDetector()
+    restored.load_state_dict(detector.state_dict())
+    assert restored.state_dict() == detector.state_dict() == {"reached": True, "diverging": True, "recheck": 1}
+
+
+def test_detector_base_has_no_op_hooks_a_name_and_a_repr():
+    class Quiet(Detector):
+        def __init__(self, level: float = 1.0) -> None:
+            self.level = level
+
+    quiet, obs = Quiet(2.0), Observation(1, 10, loss=1.0)
+    assert quiet.on_batch(obs) == quiet.on_step(obs) == quiet.on_probe(obs) == []
+    assert quiet.name == "Quiet" and not quiet.diverging and quiet.state_dict() == {}
+    assert repr(quiet) == "Quiet(level=2.0)"
+    assert [d.name for d in (NonFiniteLossDetector(), SpikeDetector(), OscillationDetector())] == [
+        "non_finite",
+        "spike",
+        "oscillation",
+    ]
+    assert EdgeOfStabilityDetector.name == "edge"

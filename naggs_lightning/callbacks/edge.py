@@ -14,6 +14,9 @@ self-stabilisation). So the ratio :math:`r = \lambda_{max} / \text{edge}` is rea
 
 A loss spike while :math:`r \ge 1` and the probed batch's loss still rising is divergence too: a model without
 self-stabilisation (a linear model, whose Hessian is constant) diverges slowly from just past its edge.
+
+Past the edge without a sign yet, it asks for the next probes after 1, 2, 4, ... steps (up to the monitor's
+``every_n_steps``): a divergence is fast, a catapult rare.
 """
 
 from __future__ import annotations
@@ -22,28 +25,57 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from naggs_lightning.callbacks.detector import Decision, Detector, Observation
+
 __all__ = ["EdgeOfStabilityDetector", "Zone"]
 
 Zone = Literal["below", "edge", "past"]
 
 
-class EdgeOfStabilityDetector:
+class EdgeOfStabilityDetector(Detector):
     """Classifies each probe's edge ratio; reports reaching the edge once, and decides divergence.
 
+    At a probe (:meth:`on_probe`) it reads the signs the detectors before it left (``obs.signs``,
+    ``obs.spiking``) plus its own, the probed batch's loss rising over the step; it adds the zone to the probe's
+    record.
+
     Args:
-        band: the edge zone starts at ``1 - band`` times the edge.
-        divergence_ratio: the ratio from which a divergence sign means divergence.
+        band: the edge zone starts at ``1 - band`` times the edge; in [0, 1).
+        divergence_ratio: the ratio from which a divergence sign means divergence; finite and > 1.
     """
 
-    def __init__(self, band: float, divergence_ratio: float) -> None:
+    name = "edge"
+
+    def __init__(self, band: float = 0.1, divergence_ratio: float = 2.0) -> None:
         if not 0.0 <= band < 1.0:
-            raise ValueError(f"edge_band must be in [0, 1), got {band!r}")
+            raise ValueError(f"EdgeOfStabilityDetector band must be in [0, 1), got {band!r}")
         if not (divergence_ratio > 1.0 and math.isfinite(divergence_ratio)):
-            raise ValueError(f"divergence_ratio must be finite and > 1, got {divergence_ratio!r}")
+            raise ValueError(
+                f"EdgeOfStabilityDetector divergence_ratio must be finite and > 1, got {divergence_ratio!r}"
+            )
         self.band = band
         self.divergence_ratio = divergence_ratio
         self.reached = False
         self.diverging = False
+        self.recheck = 1  # past the edge without a sign: steps to the next probe, doubling
+
+    def on_probe(self, obs: Observation) -> Sequence[Decision]:
+        if obs.edge_ratio is None:  # the probe failed
+            return []
+        ratio, decisions = obs.edge_ratio, []
+        was_diverging = self.diverging
+        diverging, reason = self.check(ratio, loss_rose(obs) + obs.signs, spiking=obs.spiking)
+        reached, message = self.check_reached(ratio)
+        if reached:
+            decisions.append(Decision.inform(message))
+        if diverging and not was_diverging:
+            decisions.append(Decision.diverging(f"{reason}. The step is past the stability edge"))
+        past = self.zone(ratio) == "past"
+        self.recheck = min(2 * self.recheck, obs.every_n_steps) if past else 1
+        if past and not diverging:
+            decisions.append(Decision.probe(after=self.recheck // 2))
+        obs.notes["zone"] = self.zone(ratio)
+        return decisions
 
     def zone(self, ratio: float) -> Zone:
         """Which zone an edge ratio ``lambda_max / edge`` lies in."""
@@ -81,7 +113,16 @@ class EdgeOfStabilityDetector:
         return True, f"the top Hessian eigenvalue is {ratio:.2f}x the stability edge{spike} and " + "; ".join(signs)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"reached": self.reached, "diverging": self.diverging}
+        return {"reached": self.reached, "diverging": self.diverging, "recheck": self.recheck}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reached, self.diverging = state["reached"], state["diverging"]
+        self.recheck = state.get("recheck", 1)
+
+
+def loss_rose(obs: Observation) -> list[str]:
+    """The divergence sign of a probed batch whose loss rose over the step, in words (empty: none)."""
+    before, after = obs.loss, obs.loss_after
+    if before is None or after is None or not after > before:
+        return []
+    return [f"the probed batch's loss rose over the step ({before:.4g} -> {after:.4g})"]

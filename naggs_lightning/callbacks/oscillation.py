@@ -8,10 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from naggs_lightning.callbacks.detector import Decision, Detector, Observation
+
 __all__ = ["OscillationDetector"]
 
 
-class OscillationDetector:
+class OscillationDetector(Detector):
     """The cosine between the last two parameter updates, measured at each scheduled probe.
 
     Past the edge NAG-GS and SGD flip sign along the top eigenvector every step, so the cosine goes to -1.
@@ -20,14 +22,32 @@ class OscillationDetector:
     (:class:`~naggs_lightning.callbacks.edge.EdgeOfStabilityDetector`).
 
     Memory: two flat fp32 copies of the parameters, held over the two steps before a scheduled probe only.
+
+    It measures at every optimizer step (:meth:`on_step`, which sets ``obs.update_cosine``: the monitor logs it
+    as ``stability/update_cosine``) and, at a probe, adds its sign to ``obs.signs`` (:meth:`on_probe`).
+
+    Args:
+        threshold: a cosine below this is a divergence sign; in [-1, 1).
     """
 
-    def __init__(self, threshold: float) -> None:
+    name = "oscillation"
+
+    def __init__(self, threshold: float = -0.5) -> None:
         if not -1.0 <= threshold < 1.0:
-            raise ValueError(f"oscillation_threshold must be in [-1, 1) (or None), got {threshold!r}")
+            raise ValueError(f"OscillationDetector threshold must be in [-1, 1), got {threshold!r}")
         self.threshold = threshold
         self._snapshot: tuple[int, Tensor] | None = None  # x at the previous step
         self._update: tuple[int, Tensor] | None = None  # the update that led to it
+
+    def on_step(self, obs: Observation) -> Sequence[Decision]:
+        obs.update_cosine = self.observe(obs.step, obs.params, obs.every_n_steps)
+        return []
+
+    def on_probe(self, obs: Observation) -> Sequence[Decision]:
+        oscillating, reason = self.check(obs.update_cosine)
+        if oscillating and obs.probed:
+            obs.signs.append(reason)
+        return []
 
     def observe(self, step: int, params: Sequence[Tensor], every_n_steps: int) -> float | None:
         """Keep x and the last update over the two steps before a scheduled probe; the cosine at the probe."""

@@ -307,14 +307,10 @@ class TrialCallback(Callback):
 
 
 def _monitor_stop(trainer: Trainer) -> str | None:
-    """Why a :class:`SpectralStabilityMonitor` with ``on_unstable="stop"`` ended the run, if it did."""
-    if not trainer.should_stop:
-        return None
+    """Why a :class:`SpectralStabilityMonitor` ended the run (its :attr:`~SpectralStabilityMonitor.stop_reason`)."""
     for cb in trainer.callbacks:
-        if isinstance(cb, SpectralStabilityMonitor) and cb.on_unstable == "stop" and cb.unstable:
-            last = cb.history[-1] if cb.history else None
-            where = f" (lambda_max = {last['lambda_max']:.4g} at step {last['step']})" if last else ""
-            return f"diverging: stopped by SpectralStabilityMonitor{where}"
+        if isinstance(cb, SpectralStabilityMonitor) and cb.stop_reason is not None:
+            return f"diverging: stopped by SpectralStabilityMonitor ({cb.stop_reason})"
     return None
 
 
