@@ -323,6 +323,7 @@ def test_study_end_to_end_on_sqlite(tmp_path):
         sampler_seed=0,
         curvature_batches=3,
         warmup_steps=0,  # the curvature at initialisation, which the exact Hessian below checks
+        bracket_steps=0,  # the seed is the theory's step itself
         output_dir=tmp_path / "out",
         verbose=False,
     )
@@ -334,24 +335,23 @@ def test_study_end_to_end_on_sqlite(tmp_path):
     lam = _exact_lambda_max(3)
     expected = 0.9 * 2 * (0.05 + math.sqrt(0.05 * lam)) / (lam - 0.05)
     first = trials[0]
-    # Three seeded trials first: the theory's step, then half and a quarter of it.
-    assert [t.params[keys.ALPHA_RATIO] for t in trials[:3]] == [1.0, 0.5, 0.25]
+    # Three seeded trials first, bracketing it: the theory's step, half and twice it.
+    assert [t.params[keys.ALPHA_RATIO] for t in trials[:3]] == [1.0, 0.5, 2.0]
     assert all(t.user_attrs[keys.SEEDED] for t in trials[:3]) and not trials[3].user_attrs.get(keys.SEEDED)
     assert first.user_attrs[keys.ALPHA] == pytest.approx(expected, rel=2e-3)
-    assert first.params["gamma"] == pytest.approx(0.05)
+    assert "gamma" not in first.params  # left to its default: not searched, it starts at the seed's mu
     attrs = study.user_attrs[keys.STUDY_SEED]
     assert attrs["lambda_max"] == pytest.approx(lam, rel=1e-3)
     assert attrs["alpha"] == first.user_attrs[keys.ALPHA] and "alpha_crit" in attrs["regime"]
-    # Every trial's alpha lies within a factor 10 of the seed, which gamma does not move: gamma evolves to
-    # mu = 0.05 (pinned), so the seed is alpha*(mu, L) whatever gamma a trial starts from.
+    # Every trial's alpha lies within the seed window (a factor 4) of the seed.
     seed = 0.9 * min(theory.alpha_opt(0.05, lam), theory.alpha_crit(0.05, 0.05, lam))
     for t in trials:
-        assert seed / 10 * (1 - 1e-9) <= t.user_attrs[keys.ALPHA] <= seed * 10 * (1 + 1e-9)
+        assert seed / 4 * (1 - 1e-9) <= t.user_attrs[keys.ALPHA] <= seed * 4 * (1 + 1e-9)
 
     best = study.best_trial
     written = yaml.safe_load((tmp_path / "out" / "best_params.yaml").read_text())
     assert written["trial"] == best.number
-    assert written["params"] == {"lr": best.user_attrs[keys.ALPHA], "gamma": best.params["gamma"], "mu": 0.05}
+    assert written["params"] == {"lr": best.user_attrs[keys.ALPHA], "gamma": 0.05, "mu": 0.05}
     for name in ("history.png", "alpha.png", "importances.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Union
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 
-from naggs_lightning.lr.defaults import CURVATURE_BATCHES, WARMUP_STEPS
+from naggs_lightning.lr.defaults import BRACKET_STEPS, CURVATURE_BATCHES, WARMUP_STEPS
 from naggs_lightning.tune.errors import TuneError
 
 __all__ = ["TuneOptions", "PRUNERS", "SAMPLERS", "DIRECTIONS", "DEFAULT_STORAGE", "default_study_name"]
@@ -76,10 +76,12 @@ class TuneOptions:
     seed: bool = _option(True, "do not seed the study from the theory", flag="--no-seed")
     safety: float = _option(0.9, "seed alpha = safety x the theory's step, in (0, 1]")
     seed_window: float = _option(
-        10.0,
+        4.0,
         "search alpha in [1/W, W] x the theory's step for each trial's mu (gamma relaxes to mu), cut to alpha's range",
     )
-    seed_trials: int = _option(3, "seeded trials to enqueue: alpha = seed, seed/2, seed/4, ...")
+    seed_trials: int = _option(
+        3, "seeded trials to enqueue around the best step the bracket found (b): b, b/2, 2b, b/4, 4b, ..."
+    )
     warmup_steps: int = _option(
         WARMUP_STEPS,
         "steps of the seed's warm-up on a copy of the model, after which the curvature is read; 0 reads it at "
@@ -88,6 +90,11 @@ class TuneOptions:
     curvature_batches: int = _option(
         CURVATURE_BATCHES,
         "training batches probed after the warm-up; the seed uses the largest top Hessian eigenvalue among them",
+    )
+    bracket_steps: int = _option(
+        BRACKET_STEPS,
+        "steps of each short run that brackets the theory's step (1, 2, 4x it) to find where the model trains "
+        "best; 0 seeds at the theory's step itself",
     )
     heartbeat_interval: int = _option(
         10, "seconds between heartbeats of a running trial; a trial silent twice as long is failed and re-queued"
@@ -103,8 +110,12 @@ class TuneOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TuneError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
-            raise TuneError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        for name in ("warmup_steps", "bracket_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise TuneError(f"{name} must be an integer >= 0, got {value!r}")
+        if 0 < self.bracket_steps < 4:
+            raise TuneError(f"bracket_steps must be 0 (no bracket) or >= 4, got {self.bracket_steps!r}")
         if not isinstance(self.metric, str) or not self.metric:
             raise TuneError(f"metric must be a non-empty string, got {self.metric!r}")
         if self.direction is not None and self.direction not in DIRECTIONS:

@@ -1,14 +1,28 @@
 """Seeding a new study: the theory's step for the curvature the run will meet, and the space around it.
 
 The curvature is measured once per study (:func:`~naggs_lightning.lr.measure.measured_seed`: a
-short warm-up on a copy of the model), at the mu the configured (or the model's own) NAGGS uses. The
-first ``seed_trials`` trials are enqueued at the seed, then half and a quarter of it; every later
-trial searches alpha as a multiple of the theory's step for its own mu
+short warm-up on a copy of the model, then short runs at 1, 2 and 4 times the theory's step), at the mu
+the configured (or the model's own) NAGGS uses. The first ``seed_trials`` trials bracket the best step
+the short runs found, ``b``: ``b``, ``b/2``, ``2b``, ``b/4``, ... (a multiple where a short run collapsed or
+diverged is skipped). Every later trial searches alpha as a multiple of the theory's step for its own mu
 (:class:`~naggs_lightning.tune.space.RelativeAlpha`).
+
+Where the user left mu and gamma to the defaults, the space follows the theory and the curvature met:
+
+* gamma is not searched but starts at the seed's mu: gamma relaxes to mu within about ``1/alpha`` steps,
+  and gamma = mu is the theory's best pair, so a searched gamma only adds dimensions that do not train.
+* mu is searched where, at the theory's step, it gives the heavy-ball momentum a network trains with. For
+  mu << L, ``alpha*(mu, L) ~ 2 sqrt(mu/L)``, so the momentum is ``beta = 1/(1 + alpha*)^2 ~ 1 - 4 sqrt(mu/L)``
+  and the effective step ``h ~ 4/L`` whatever mu: mu chooses the momentum. ``1 - beta`` in [0.02, 0.5] is
+  ``mu`` in ``L [2.5e-5, 0.0156]`` (widened to hold the configured mu). The default range, 1e-4 to 10, put
+  most sampled trials at a momentum of 0.999 or at plain gradient descent with step ``1/mu``, where
+  networks do not train in a trial's budget.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from optuna.distributions import FloatDistribution
@@ -16,7 +30,7 @@ from optuna.distributions import FloatDistribution
 from naggs_lightning.lr.measure import measured_seed, naggs_hyperparameters
 from naggs_lightning.lr.seed import TheorySeed
 from naggs_lightning.tune import keys
-from naggs_lightning.tune.space import RelativeAlpha, SearchSpace
+from naggs_lightning.tune.space import DEFAULT_RANGES, RelativeAlpha, SearchSpace
 
 if TYPE_CHECKING:
     from naggs_lightning.tune.objective import TrialParts
@@ -58,22 +72,54 @@ def seed_new_study(probe: TrialParts, declared: SearchSpace, reference: dict[str
         safety=opts.safety,
         warmup_steps=opts.warmup_steps,
         curvature_batches=opts.curvature_batches,
+        bracket_steps=opts.bracket_steps,
         device=probe.trainer.strategy.root_device,
     )
+    declared = _theory_ranges(declared, seed, mu, fixed_gamma)
     relative = RelativeAlpha(
         seed.lambda_max, seed.safety, opts.seed_window, alpha_dist.low, alpha_dist.high, fixed_gamma
     )
     base = {name: reference[name] for name in declared.distributions if name != declared.alpha}
-    if isinstance(gamma_dist, FloatDistribution):
+    if declared.gamma in declared.distributions:
         base[declared.gamma] = gamma
-    # Further seeded trials halve alpha: curvature grows in training and minibatch noise lowers the
-    # stable step, so the theory's step for the start is an upper guess.
     base = declared.encode(base)
-    enqueued = [{**base, keys.ALPHA_RATIO: max(0.5**j, 1.0 / opts.seed_window)} for j in range(opts.seed_trials)]
-    first = relative.alpha(1.0, mu, gamma)
+    ratios = seeded_ratios(seed, opts.seed_trials, opts.seed_window)
+    enqueued = [{**base, keys.ALPHA_RATIO: ratio} for ratio in ratios]
+    first = relative.alpha(ratios[0], mu, gamma)
     note = (
         "new study"
         if first == seed.alpha
         else f"new study; the seed lies outside the alpha range: trial 0 uses {first:.4g}"
     )
     return seed, declared.seeded(relative), enqueued, note
+
+#: The momentum deficit 1 - beta at the theory's step that the default mu range spans (see the module docstring).
+MOMENTUM_DEFICIT = (0.02, 0.5)
+
+
+def _theory_ranges(declared: SearchSpace, seed: TheorySeed, mu: float, fixed_gamma: bool) -> SearchSpace:
+    """The space with mu (and gamma) left to their defaults replaced by the theory's (module docstring)."""
+    if declared.distributions.get(declared.mu) is DEFAULT_RANGES["mu"] and seed.lambda_max > 2.0 * mu:
+        low, high = (seed.lambda_max * (d / 4.0) ** 2 for d in MOMENTUM_DEFICIT)
+        dist = FloatDistribution(min(low, mu), max(high, mu), log=True)
+        declared = replace(declared, distributions={**declared.distributions, declared.mu: dist})
+    if declared.distributions.get(declared.gamma) is DEFAULT_RANGES["gamma"] and not fixed_gamma:
+        declared = declared.pinned(declared.gamma, seed.gamma)
+    return declared
+
+
+def seeded_ratios(seed: TheorySeed, count: int, window: float) -> list[float]:
+    """alpha / (theory's step) of the seeded trials: the bracket's best ``b``, then b/2, 2b, b/4, 4b, ...,
+    skipping multiples at or past a short run that collapsed or diverged, within ``[1/window, window]``."""
+    best = seed.alpha / seed.theory_step
+    failed = [r.factor for r in (seed.bracket.runs if seed.bracket else ()) if r.outcome in ("collapsed", "diverged")]
+    ceiling = min(failed, default=math.inf)
+    ratios: list[float] = []
+    for j in range(4 * count):
+        ratio = best * 2.0 ** (((j + 1) // 2) * (-1 if j % 2 else 1))
+        ratio = min(max(ratio, 1.0 / window), window)
+        if ratio < ceiling and ratio not in ratios:
+            ratios.append(ratio)
+        if len(ratios) == count:
+            break
+    return ratios
