@@ -179,6 +179,94 @@ def part_lr_find(models: list[Model], seeds: list[int]) -> dict[str, dict[str, f
     return out
 
 
+KS = (1, 3, 5, 8, 10, 20)
+
+
+def _config(model: Model) -> dict[str, Any]:
+    """The LightningCLI config naggs-tune trials: the panel model and data, NAGGS at its defaults."""
+    return {
+        "model": {"class_path": f"panel_models.{model.module}"},
+        "data": {"class_path": f"panel_models.{model.data}"},
+        "optimizer": {"class_path": "naggs_lightning.NAGGS"},
+        "trainer": {"max_epochs": model.epochs, "accelerator": "cpu", "devices": 1, "num_sanity_val_steps": 0},
+    }
+
+
+def _naggs_study(model: Model, sampler_seed: int, budget: int) -> list[tuple[float, bool]]:
+    """naggs-tune's study at its defaults: each trial's (last reported val_acc, seeded)."""
+    import optuna
+
+    from naggs_lightning.tune import keys, run
+
+    study = run(
+        _config(model), n_trials=budget, storage=None, sampler_seed=sampler_seed, verbose=False,
+        output_dir=Path("/tmp/panel-tune") / f"{model.name}-{sampler_seed}",
+    )
+    out = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        value = t.value if t.value is not None else (list(t.intermediate_values.values()) or [0.0])[-1]
+        if t.state == optuna.trial.TrialState.FAIL:
+            value = 0.0
+        out.append((float(value), bool(t.user_attrs.get(keys.SEEDED))))
+    return out
+
+
+def _adamw_tpe_study(model: Model, sampler_seed: int, budget: int) -> list[tuple[float, bool]]:
+    """What a user writes without this package: TPE over AdamW's lr and weight decay, no pruning."""
+    import optuna
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+        wd = trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
+        return train(model, lambda params, lr_: torch.optim.AdamW(params, lr=lr_, weight_decay=wd), lr, 0)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=sampler_seed))
+    study.optimize(objective, n_trials=budget)
+    return [(float(t.value), False) for t in study.trials]
+
+
+def _study(kind: str, model_name: str, sampler_seed: int, budget: int) -> tuple[str, str, int, list, float]:
+    torch.set_num_threads(1)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    model = {**PANEL, **HELD_OUT}[model_name]
+    start = time.perf_counter()
+    trials = (_naggs_study if kind == "naggs-tune" else _adamw_tpe_study)(model, sampler_seed, budget)
+    return kind, model_name, sampler_seed, trials, time.perf_counter() - start
+
+
+def _best_after(trials: list[tuple[float, bool]], k: int) -> float:
+    return max(v for v, _ in trials[:k])
+
+
+def part_tune(models: list[Model], seeds: list[int], budget: int, jobs: int) -> dict[str, Any]:
+    jobs_list = [(kind, m.name, s, budget) for m in models for kind in ("naggs-tune", "AdamW+TPE") for s in seeds]
+    done: dict[tuple[str, str], list[list[tuple[float, bool]]]] = {}
+    seconds: dict[tuple[str, str], float] = {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for kind, name, _, trials, took in pool.map(_study, *zip(*jobs_list)):
+            done.setdefault((kind, name), []).append(trials)
+            seconds[(kind, name)] = seconds.get((kind, name), 0.0) + took
+    ks = [k for k in KS if k <= budget]
+    out: dict[str, Any] = {}
+    print(f"  {'model':<12} {'study':<11} " + " ".join(f"{'k=' + str(k):>6}" for k in ks) + "  near chance  s/study")
+    for model in models:
+        out[model.name] = {}
+        for kind in ("naggs-tune", "AdamW+TPE"):
+            runs = done[(kind, model.name)]
+            medians = [statistics.median(_best_after(r, k) for r in runs) for k in ks]
+            after_seed = [v for r in runs for v, seeded in r if not seeded] if kind == "naggs-tune" else []
+            near = sum(v <= model.chance + 0.02 for v in after_seed)
+            share = f"{near}/{len(after_seed)}" if kind == "naggs-tune" else ""
+            out[model.name][kind] = {"best_after": dict(zip(ks, medians)), "near_chance": share}
+            cells = " ".join(f"{m:>6.3f}" for m in medians)
+            print(f"  {model.name:<12} {kind:<11} {cells}  {share:>11}  {seconds[(kind, model.name)] / len(runs):>7.0f}",
+                  flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", default=["defaults", "lr_find"], choices=["defaults", "lr_find", "tune"])
@@ -186,6 +274,8 @@ def main() -> None:
     parser.add_argument("--held-out", action="store_true", help="add the held-out GRU")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--optimizer-args", type=json.loads, default={}, help="NAGGS keyword arguments (JSON)")
+    parser.add_argument("--budget", type=int, default=20, help="trials per study (tune)")
+    parser.add_argument("--jobs", type=int, default=2, help="studies in parallel (tune)")
     parser.add_argument("--out", type=Path, help="save the medians as JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -202,6 +292,9 @@ def main() -> None:
     if "lr_find" in args.parts:
         print("== at a found lr: final val_acc, median of seeds [each seed]")
         results["lr_find"] = part_lr_find(models, seeds)
+    if "tune" in args.parts:
+        print(f"== tuned: best val_acc after k trials, median of {args.seeds} sampler seeds")
+        results["tune"] = part_tune(models, seeds, args.budget, args.jobs)
     print(f"({time.perf_counter() - start:.0f} s)")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))

@@ -1,0 +1,78 @@
+"""The bracket above the theory's step (naggs_lightning.lr.bracket) on problems whose answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from naggs_lightning import suggest_lr, theory
+from naggs_lightning.lr.bracket import bracket_step
+from naggs_lightning.lr.errors import LRError
+from naggs_lightning.lr.readings import Bracket
+from naggs_lightning.tasks import DigitsDataModule, LeastSquares, QuadraticDataModule
+from naggs_lightning.tasks.digits import MLP
+
+MU, L, DIM = 0.05, 8.0, 10
+
+
+def _quadratic() -> tuple[LeastSquares, list]:
+    data = QuadraticDataModule(dim=DIM, mu=MU, L=L, n_samples=200, batch_size=200, noise=0.0)
+    data.setup("fit")
+    return LeastSquares(dim=DIM, mu=MU, gamma=MU), list(data.train_dataloader())
+
+
+def test_on_a_quadratic_every_step_past_the_edge_diverges_and_the_theory_step_is_kept():
+    model, batches = _quadratic()
+    alpha_star = theory.alpha_opt(MU, L)
+    assert 2 * alpha_star > theory.alpha_crit(MU, MU, L)  # a quadratic has no edge of stability: 2x diverges
+    found = bracket_step(model, batches, alpha_star, MU, MU, steps=200)
+    assert [r.factor for r in found.runs][:1] == [1.0]
+    assert found.runs[0].outcome == "trains" and found.runs[-1].outcome in ("diverged", "no better")
+    assert found.best.factor == 1.0 and found.best.alpha == pytest.approx(alpha_star)
+
+
+def test_the_best_run_is_the_lowest_score_and_the_climb_stops_at_the_first_failure():
+    torch.manual_seed(0)
+    model = MLP(hidden_sizes=[32])
+    data = DigitsDataModule(batch_size=64)
+    data.setup("fit")
+    before = [p.detach().clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
+    found = bracket_step(model, data.train_dataloader(), 0.05, 0.03, 0.03, factors=(1.0, 2.0, 4.0, 8.0, 16.0))
+    trained = [r for r in found.runs if r.outcome in ("trains", "no better")]
+    assert found.best.score == min(r.score for r in trained)
+    assert all(r.outcome == "trains" for r in found.runs[:-1])  # it climbs only while the runs improve
+    assert [r.factor for r in found.runs] == [1.0, 2.0, 4.0, 8.0, 16.0][: len(found.runs)]
+    assert all(r.alpha == pytest.approx(0.05 * r.factor) for r in found.runs)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))  # the model is untouched
+    assert torch.equal(torch.get_rng_state(), rng)  # and so is the global RNG
+    assert Bracket.from_attrs(found.to_attrs()) == found
+
+
+def test_suggest_lr_returns_the_bracket_best_and_keeps_the_theory_step():
+    model, _ = _quadratic()
+    data = QuadraticDataModule(dim=DIM, mu=MU, L=L, n_samples=200, batch_size=200, noise=0.0)
+    seed = suggest_lr(model, data, curvature_batches=1)
+    assert seed.bracket is not None and seed.alpha == seed.bracket.best.alpha
+    assert seed.theory_step == pytest.approx(0.9 * theory.alpha_opt(MU, L), rel=2e-3)
+    assert "bracket of 40-step runs" in seed.describe() and "is the stability edge" in seed.regime
+    assert suggest_lr(model, data, curvature_batches=1, bracket_steps=0).bracket is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"alpha": 0.0}, "seed alpha > 0"),
+        ({"alpha": math.nan}, "seed alpha > 0"),
+        ({"factors": (0.5, 1.0)}, "increasing and start at >= 1"),
+        ({"factors": (1.0, 1.0)}, "increasing and start at >= 1"),
+        ({"steps": 3}, "steps must be an integer >= 4"),
+    ],
+)
+def test_bad_arguments_name_the_parameter(kwargs, match):
+    model, batches = _quadratic()
+    args = {"alpha": 0.1, **kwargs}
+    with pytest.raises(LRError, match=match):
+        bracket_step(model, batches, args.pop("alpha"), MU, MU, **args)
