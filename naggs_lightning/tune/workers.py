@@ -24,7 +24,6 @@ from optuna.trial import TrialState
 from naggs_lightning.tune.interrupts import InterruptGuard
 from naggs_lightning.tune.objective import Objective, SurplusTrial
 from naggs_lightning.tune.options import TuneOptions
-from naggs_lightning.tune.report import Reporter
 from naggs_lightning.tune.storage import open_storage
 from naggs_lightning.tune.trials import trial_counts
 
@@ -145,13 +144,16 @@ def optimize(
     study: optuna.Study,
     objective: Objective,
     opts: TuneOptions,
-    reporter: Reporter,
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]],
     guard: InterruptGuard,
 ) -> None:
-    """This process's workers (threads on a pool, as Optuna's own ``n_jobs``) until the study is full."""
+    """This process's workers (threads on a pool, as Optuna's own ``n_jobs``) until the study is full.
+
+    ``callbacks`` are called after each trial this process ran, as Optuna's ``study.optimize`` calls its own.
+    """
     deadline = None if opts.timeout is None else time.monotonic() + opts.timeout
     stop = threading.Event()
-    args = (objective, opts.n_trials, deadline, stop, [reporter.trial_finished], guard)
+    args = (objective, opts.n_trials, deadline, stop, callbacks, guard)
     if opts.n_jobs == 1:
         _work(study, *args)
         return
