@@ -266,7 +266,8 @@ def history_figure(study: optuna.Study, metric: str) -> Any:
 
 
 def alpha_figure(study: optuna.Study, space: SearchSpace, metric: str) -> Any:
-    """The metric against the alpha each complete trial trained with, with the seed and alpha_crit marked."""
+    """The metric against the alpha each complete trial trained with, with the seed and alpha_crit marked (the edge
+    for the curvature the seed was computed from: after the warm-up, or at initialisation with ``warmup_steps=0``)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     seed = TheorySeed.from_attrs(study.user_attrs[STUDY_SEED]) if STUDY_SEED in study.user_attrs else None
     fig, ax = _figure()
@@ -278,7 +279,8 @@ def alpha_figure(study: optuna.Study, space: SearchSpace, metric: str) -> Any:
         ax.axvline(seed.alpha, color="C2", linestyle="--", label=f"seed {seed.alpha:.3g} (mu = {seed.mu:.3g})")
         marks.append(seed.alpha)
         if math.isfinite(seed.alpha_crit):
-            ax.axvline(seed.alpha_crit, color="C3", linestyle=":", label=f"alpha_crit {seed.alpha_crit:.3g} (at init)")
+            label = f"alpha_crit {seed.alpha_crit:.3g} ({_measured_when(seed)})"
+            ax.axvline(seed.alpha_crit, color="C3", linestyle=":", label=label)
             marks.append(seed.alpha_crit)
     ax.set_xscale("log")
     _log_ticks(ax.xaxis, marks)
@@ -286,6 +288,13 @@ def alpha_figure(study: optuna.Study, space: SearchSpace, metric: str) -> Any:
     ax.set(xlabel=f"alpha ({_short(space.alpha)})", ylabel=metric, title=f"{study.study_name}: alpha against {metric}")
     ax.legend(fontsize="small")
     return fig
+
+
+def _measured_when(seed: TheorySeed) -> str:
+    """When the curvature behind ``seed`` was read: after the warm-up's steps, or at initialisation."""
+    if seed.warmup is None or seed.warmup.steps == 0:
+        return "at init"
+    return f"after a {seed.warmup.steps}-step warm-up"
 
 
 def importances_figure(study: optuna.Study, space: SearchSpace) -> tuple[Any, str]:
