@@ -85,7 +85,12 @@ class ConfigBuilder:
     """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
+        from naggs_lightning.lightning_cli import unimportable_class_path
+
         self.config = dict(config)
+        problem = unimportable_class_path(self.config)
+        if problem is not None:
+            raise TuneError(problem)
         TrialTrainer(self.config.get("trainer"))  # refuses a callback that cannot work in a trial, now
 
     def configured(self, name: str) -> Any:

@@ -172,7 +172,8 @@ def write_best(
     ``best_config(values)`` (the trial builder's :meth:`~naggs_lightning.tune.objective.TrialBuilder.best_config`)
     returns the LightningCLI config for the best values (the recipe with them set in config mode; the
     factory's classes and hparams in factory mode), or ``None`` and why not:
-    ``naggs-train fit --config best.yaml`` retrains the winner. Nothing is written while no trial
+    ``naggs-train fit --config <out_dir>/best.yaml``, run where the study ran, retrains the winner (its header
+    says so). Nothing is written while no trial
     has completed. Returns the files written and notes (why best.yaml was not written).
     """
     best = best_trial(study)
@@ -191,7 +192,8 @@ def write_best(
     if config is None:
         return written, [f"best.yaml not written: {note}"]
     written.append(out_dir / "best.yaml")
-    dump_config(config, written[1], header + f"# {note}; train it: naggs-train fit --config best.yaml\n")
+    where = "# train it from the folder the study ran in (class paths and relative paths resolve there):\n"
+    dump_config(config, written[1], f"{header}# {note}\n{where}#   naggs-train fit --config {written[1]}\n")
     return written, []
 
 
