@@ -81,4 +81,5 @@ def test_the_stability_edge_says_when_its_curvature_was_read(steps, when):
     seed = dataclasses.replace(theory_seed(LAMBDA, 1.0, 1.0), warmup=warmup)
     study, space = _study([0.5, 1.0], seed)
     labels = alpha_figure(study, space, "val_acc").axes[0].get_legend_handles_labels()[1]
-    assert [label for label in labels if label.startswith("alpha_crit")] == [f"alpha_crit {seed.alpha_crit:.3g} ({when})"]
+    edge = [label for label in labels if label.startswith("alpha_crit")]
+    assert edge == [f"alpha_crit {seed.alpha_crit:.3g} ({when})"]

@@ -55,7 +55,10 @@ TRAINER = {
         {"class_path": "naggs_lightning.callbacks.GammaMonitor"},
         {"class_path": "ModelCheckpoint", "init_args": {"monitor": "val_acc", "mode": "max", "dirpath": "ignored"}},
         # patience 0 and an improvement no metric can make: stops after the second validation
-        {"class_path": "EarlyStopping", "init_args": {"monitor": "val_acc", "mode": "max", "patience": 0, "min_delta": 10}},
+        {
+            "class_path": "EarlyStopping",
+            "init_args": {"monitor": "val_acc", "mode": "max", "patience": 0, "min_delta": 10},
+        },
     ],
 }
 
@@ -64,7 +67,8 @@ TRAINER = {
 def test_each_trial_runs_with_the_configs_loggers_and_callbacks(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     recipe = _recipe(tmp_path / "r.yaml", TRAINER)
-    assert _tune(recipe, tmp_path, "--n-trials", "2", "--seed-trials", "2", "--pruner", "none") == 0, capsys.readouterr()
+    code = _tune(recipe, tmp_path, "--n-trials", "2", "--seed-trials", "2", "--pruner", "none")
+    assert code == 0, capsys.readouterr()
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 't.db'}")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     trials = tmp_path / "out" / "trials"

@@ -158,7 +158,8 @@ class TrialTrainer:
                     f"trainer.callbacks: {cls.__name__} sets the learning rate when training starts, replacing the "
                     "alpha each trial is given; remove it (naggs-tune seeds alpha from the same theory)"
                 )
-        self.callbacks = [(e, c) for e, c in zip(callbacks, classes, strict=True) if c is None or not issubclass(c, _DROPPED)]
+        kept = [(e, c) for e, c in zip(callbacks, classes, strict=True) if c is None or not issubclass(c, _DROPPED)]
+        self.callbacks = kept
         if logger is True or (logger is None and needing):
             self.loggers: list[Any] = [_default_logger()]
         else:
