@@ -9,6 +9,7 @@ or the short ``MLP``; any importable LightningModule / LightningDataModule works
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
@@ -24,7 +25,13 @@ from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 import naggs_lightning.optim  # noqa: F401
 import naggs_lightning.tasks  # noqa: F401
 
-__all__ = ["NaggsCLI", "SaveConfigUnlessLogless", "build_cli", "import_from_working_directory"]
+__all__ = [
+    "NaggsCLI",
+    "SaveConfigUnlessLogless",
+    "build_cli",
+    "import_from_working_directory",
+    "unimportable_class_path",
+]
 
 # Schedulers that torch documents as stepped after every batch; Lightning's default interval is the epoch.
 _PER_STEP_SCHEDULERS: tuple[type, ...] = (OneCycleLR, CyclicLR)
@@ -80,6 +87,35 @@ def import_from_working_directory() -> None:
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
+
+
+def unimportable_class_path(config: Any) -> str | None:
+    """One line naming the first ``class_path`` in ``config`` (a config mapping, at any depth) whose module
+    cannot be imported, and why; ``None`` when every named module imports.
+
+    LightningCLI reports such a path under a long usage dump; the commands check their configs first.
+    A short name (``MLP``, ``CSVLogger``) has no module to import and is left to LightningCLI.
+    """
+    if isinstance(config, dict):
+        path = config.get("class_path")
+        module = path.rpartition(".")[0] if isinstance(path, str) else ""
+        if module:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                # A missing submodule of an importable package may be a nested class's path: LightningCLI decides.
+                nested = isinstance(exc, ModuleNotFoundError) and exc.name != module.split(".")[0]
+                if not (nested and (module + ".").startswith(f"{exc.name}.")):
+                    return (
+                        f"class_path {path}: cannot import {module!r} ({exc}); run the command from the folder "
+                        "that holds it, or install it"
+                    )
+        values = config.values()
+    elif isinstance(config, list):
+        values = config
+    else:
+        return None
+    return next((problem for v in values if (problem := unimportable_class_path(v)) is not None), None)
 
 
 def build_cli(args: ArgsType = None, run: bool = True, **kwargs: Any) -> NaggsCLI:

@@ -25,13 +25,13 @@ class TwoGroups(LogisticRegression):
         return NAGGS(groups, lr=0.3)
 
 
-def _fit(tmp_path, model, steps: int, **monitor):
+def _fit(tmp_path, model, steps: int, every: int = 1, lr_interval=None, **monitor):
     logger = CSVLogger(tmp_path, name="", version=0)
     trainer = pl.Trainer(
         max_steps=steps,
         logger=logger,
-        log_every_n_steps=1,
-        callbacks=[GammaMonitor(**monitor), LearningRateMonitor()],
+        log_every_n_steps=every,
+        callbacks=[GammaMonitor(**monitor), LearningRateMonitor(logging_interval=lr_interval)],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
@@ -58,6 +58,18 @@ def test_gamma_and_mu_of_each_group_follow_the_closed_form(tmp_path):
     assert any(r.get("lr-NAGGS/pg1") for r in rows) and any(r.get("lr-NAGGS/bias") for r in rows)
 
 
+@pytest.mark.parametrize("interval", [None, "step", "epoch"])
+def test_logged_on_the_steps_learning_rate_monitor_logs(tmp_path, interval):
+    model = LogisticRegression(lr=0.2, mu=0.1, gamma=1.0)
+    rows = _fit(tmp_path, model, steps=45, every=5, lr_interval=interval, logging_interval=interval)
+    lr_steps = [int(r["step"]) for r in rows if r.get("lr-NAGGS")]
+    gamma_steps = [int(r["step"]) for r in rows if r.get("lr-NAGGS-gamma")]
+    assert len(gamma_steps) >= 2 and gamma_steps == lr_steps
+    for row in rows:  # the step number is the same count: gamma_k after k steps
+        if row.get("lr-NAGGS-gamma"):
+            assert float(row["lr-NAGGS-gamma"]) == pytest.approx(_gamma(int(row["step"]), 0.1, 1.0, 0.2), rel=1e-6)
+
+
 def test_one_group_per_epoch_and_without_mu(tmp_path):
     model = LogisticRegression(lr=0.2, mu=0.1, gamma=1.0)
     rows = _fit(tmp_path, model, steps=40, logging_interval="epoch", log_mu=False)
@@ -68,7 +80,7 @@ def test_one_group_per_epoch_and_without_mu(tmp_path):
 
 
 def test_needs_a_logger_and_a_valid_interval():
-    with pytest.raises(MisconfigurationException, match="logging_interval must be 'step' or 'epoch'"):
+    with pytest.raises(MisconfigurationException, match="logging_interval must be 'step', 'epoch' or None"):
         GammaMonitor(logging_interval="batch")
     trainer = pl.Trainer(max_steps=1, logger=False, callbacks=[GammaMonitor()], enable_progress_bar=False)
     with pytest.raises(MisconfigurationException, match="no logger"):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning.pytorch as pl
 import pytest
+import torch
 
 from naggs_lightning import TheoryLRFinder, suggest_lr, theory
-from naggs_lightning.tasks import LeastSquares, QuadraticDataModule
+from naggs_lightning.tasks import DigitsDataModule, LeastSquares, LogisticRegression, QuadraticDataModule
 
 MU, L, DIM = 0.5, 8.0, 10
 
@@ -65,3 +68,23 @@ def test_theory_lr_finder_checks_its_arguments():
         TheoryLRFinder(safety=0.0)
     with pytest.raises(ValueError, match="curvature_batches must be >= 1"):
         TheoryLRFinder(curvature_batches=0)
+
+
+class LoggingStepOnly(LogisticRegression):
+    """A module with no compute_loss whose training_step logs, as most users' modules do."""
+
+    compute_loss = None
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self.linear(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+
+def test_measuring_a_module_whose_training_step_logs_makes_lightning_warn_nothing():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.manual_seed(0)
+        suggest_lr(LoggingStepOnly(), DigitsDataModule(batch_size=64), curvature_batches=1)
+    assert not [w for w in caught if "self.trainer` reference is not registered" in str(w.message)]

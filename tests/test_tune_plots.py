@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import optuna
@@ -11,6 +12,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 
 from naggs_lightning.lr import theory_seed
+from naggs_lightning.lr.readings import CurvatureReading, WarmupResult
+from naggs_lightning.lr.seed import TheorySeed
 from naggs_lightning.tune import SearchSpace, keys
 from naggs_lightning.tune.report import alpha_figure, importances_figure
 from naggs_lightning.tune.space import RelativeAlpha
@@ -18,12 +21,12 @@ from naggs_lightning.tune.space import RelativeAlpha
 LAMBDA = 6.0
 
 
-def _study(ratios: list[float]) -> tuple[optuna.Study, SearchSpace]:
+def _study(ratios: list[float], seed: TheorySeed | None = None) -> tuple[optuna.Study, SearchSpace]:
     """A finished study whose trials trained with alpha = ratio x seed, at mu from 0.5 to 1."""
     relative = RelativeAlpha(LAMBDA, 0.9, 10.0, 1e-4, 10.0)
     space = SearchSpace.parse({"gamma": 1.0}).seeded(relative)
     study = optuna.create_study(direction="maximize", study_name="plots")
-    study.set_user_attr(keys.STUDY_SEED, theory_seed(LAMBDA, 1.0, 1.0).to_attrs())
+    study.set_user_attr(keys.STUDY_SEED, (seed or theory_seed(LAMBDA, 1.0, 1.0)).to_attrs())
     dists = {keys.ALPHA_RATIO: relative.distribution(), "mu": FloatDistribution(1e-4, 10.0, log=True)}
     for k, ratio in enumerate(ratios):
         mu = 0.5 + 0.5 * k / max(len(ratios) - 1, 1)
@@ -69,3 +72,14 @@ def test_importances_name_alpha_not_its_ratio():
     names = [label.get_text() for label in fig.axes[0].yaxis.get_ticklabels()]
     assert sorted(names) == ["lr (alpha, x theory seed)", "mu"]
     assert not _overlapping_labels(fig, "yaxis")
+
+
+@pytest.mark.parametrize("steps, when", [(0, "at init"), (40, "after a 40-step warm-up")])
+def test_the_stability_edge_says_when_its_curvature_was_read(steps, when):
+    readings = (CurvatureReading(0, LAMBDA, 0.1, 2.3),)
+    warmup = WarmupResult(1.0, readings, (LAMBDA,), steps, 1.0)
+    seed = dataclasses.replace(theory_seed(LAMBDA, 1.0, 1.0), warmup=warmup)
+    study, space = _study([0.5, 1.0], seed)
+    labels = alpha_figure(study, space, "val_acc").axes[0].get_legend_handles_labels()[1]
+    edge = [label for label in labels if label.startswith("alpha_crit")]
+    assert edge == [f"alpha_crit {seed.alpha_crit:.3g} ({when})"]

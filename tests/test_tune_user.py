@@ -80,9 +80,24 @@ def test_a_class_path_in_the_working_directory_is_importable(tmp_path, monkeypat
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path), ".")])
     code = main(_args(recipe, tmp_path / "t.db", "--n-trials", "1", "--no-seed", "--output-dir", "out"))
     assert code == 0, capsys.readouterr().err
-    best = yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())
+    text = (tmp_path / "out" / "best.yaml").read_text()
+    assert "from the folder the study ran in" in text and "naggs-train fit --config out/best.yaml\n" in text
+    best = yaml.safe_load(text)
     assert best["model"]["class_path"] == f"{module}.{name}"
     naggs_train(["fit", "--config", "out/best.yaml", "--trainer.logger=false", "--trainer.max_epochs=1", *QUIET_TRAIN])
+    # Run from inside out/, the module is not importable: one line, status 2, for both commands.
+    monkeypatch.chdir(tmp_path / "out")
+    monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        naggs_train(["fit", "--config", "best.yaml"])
+    problem = f"class_path {module}.{name}: cannot import '{module}' (No module named '{module}'); run the command"
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"naggs-train: error: {problem}")
+    assert main(_args(Path("best.yaml"), tmp_path / "t.db", "--n-trials", "1")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"naggs-tune: error: {problem}") and err.count("\n") == 1
 
 
 class OwnOptimizerNet(LogisticRegression):

@@ -27,8 +27,10 @@ class GammaMonitor(Callback):
     """Log gamma (and mu) of every optimizer whose parameter groups have a ``gamma`` (NAGGS).
 
     Args:
-        logging_interval: ``"step"`` (every ``trainer.log_every_n_steps`` optimizer steps) or ``"epoch"``
-            (at the start of each training epoch).
+        logging_interval: as ``LearningRateMonitor``'s: ``"step"`` (every ``trainer.log_every_n_steps``
+            optimizer steps), ``"epoch"`` (at the start of each training epoch) or ``None`` (both, its default).
+            The values are logged on the same steps, with the same step number, as ``LearningRateMonitor``
+            with the same ``logging_interval`` logs the lr of an optimizer without a scheduler.
         log_mu: also log mu (it is constant unless something changes it, e.g. a tuner or a schedule).
 
     Example::
@@ -36,10 +38,10 @@ class GammaMonitor(Callback):
         trainer = Trainer(callbacks=[LearningRateMonitor(), GammaMonitor()])
     """
 
-    def __init__(self, logging_interval: Literal["step", "epoch"] = "step", log_mu: bool = True) -> None:
-        if logging_interval not in ("step", "epoch"):
+    def __init__(self, logging_interval: Literal["step", "epoch"] | None = None, log_mu: bool = True) -> None:
+        if logging_interval not in ("step", "epoch", None):
             raise MisconfigurationException(
-                f"GammaMonitor: logging_interval must be 'step' or 'epoch', got {logging_interval!r}"
+                f"GammaMonitor: logging_interval must be 'step', 'epoch' or None, got {logging_interval!r}"
             )
         self.logging_interval = logging_interval
         self.log_mu = log_mu
@@ -51,11 +53,12 @@ class GammaMonitor(Callback):
             rank_zero_warn("GammaMonitor: no optimizer has a 'gamma' in its parameter groups; nothing will be logged")
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        if self.logging_interval == "step" and trainer.global_step % trainer.log_every_n_steps == 0:
+        # LearningRateMonitor's condition (Lightning's own for logging a step's metrics).
+        if self.logging_interval != "epoch" and trainer._logger_connector.should_update_logs:
             self._log(trainer)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.logging_interval == "epoch":
+        if self.logging_interval != "step":
             self._log(trainer)
 
     def stats(self, optimizers: list[Optimizer]) -> dict[str, float]:
@@ -79,5 +82,7 @@ class GammaMonitor(Callback):
     def _log(self, trainer: Trainer) -> None:
         stats = self.stats(trainer.optimizers)
         if stats:
+            # LearningRateMonitor's step: optimizer steps taken so far, counted once under gradient accumulation
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped
             for logger in trainer.loggers:
-                logger.log_metrics(stats, step=trainer.global_step)
+                logger.log_metrics(stats, step=step)

@@ -49,7 +49,8 @@ def module_loss(module: nn.Module, batch: Any) -> Tensor:
             f"{type(module).__name__} uses manual optimization, so training_step would step the optimizer: "
             "implement compute_loss(batch) for the curvature probe"
         )
-    out = training_step(batch, 0)
+    with _logging_silenced(module):
+        out = training_step(batch, 0)
     if isinstance(out, dict):
         out = out.get("loss")
     if not isinstance(out, Tensor):
@@ -62,6 +63,22 @@ def _silence(*_: Any, **__: Any) -> None:
 
 
 @contextlib.contextmanager
+def _logging_silenced(module: nn.Module) -> Iterator[None]:
+    """``self.log`` / ``self.log_dict`` do nothing inside: a measurement is not a training step, and a module
+    outside a fit would make Lightning warn that its trainer reference is not registered."""
+    shadowed = [name for name in ("log", "log_dict") if callable(getattr(module, name, None))]
+    already = [name for name in shadowed if name in vars(module)]
+    try:
+        for name in shadowed:
+            setattr(module, name, _silence)  # instance attribute shadows the bound method
+        yield
+    finally:
+        for name in shadowed:
+            if name not in already:
+                delattr(module, name)
+
+
+@contextlib.contextmanager
 def _probe_mode(module: nn.Module, params: Sequence[Tensor]) -> Iterator[None]:
     """Make probing side-effect free; see :func:`module_hessian`."""
     modes = [(m, m.training) for m in module.modules()]
@@ -69,7 +86,6 @@ def _probe_mode(module: nn.Module, params: Sequence[Tensor]) -> Iterator[None]:
     # updates) are restored exactly afterwards; in between the forward still uses batch statistics, the
     # Hessian the optimizer actually sees.
     buffers = [(b, b.detach().clone()) for b in module.buffers()]
-    shadowed = [name for name in ("log", "log_dict") if callable(getattr(module, name, None))]
     cuda = sorted(
         {
             p.device.index if p.device.index is not None else torch.cuda.current_device()
@@ -90,12 +106,8 @@ def _probe_mode(module: nn.Module, params: Sequence[Tensor]) -> Iterator[None]:
             for m in module.modules():
                 if isinstance(m, nn.modules.dropout._DropoutNd):
                     m.eval()
-            for name in shadowed:
-                setattr(module, name, _silence)  # instance attribute shadows the bound method
             yield
         finally:
-            for name in shadowed:
-                delattr(module, name)
             for m, training in modes:
                 m.training = training
             with torch.no_grad():

@@ -139,12 +139,12 @@ def _study_name(args: Namespace) -> str:
 
 
 def _options(args: Namespace) -> TuneOptions:
-    from naggs_lightning.tune.options import TuneOptions
+    from naggs_lightning.tune.options import TuneOptions, default_output_dir
 
     values = {f.name: args.get(f.name, f.default) for f in dataclasses.fields(TuneOptions)}
     values["study_name"] = _study_name(args)
     if values["output_dir"] is None:
-        values["output_dir"] = Path("naggs-tune-out") / values["study_name"]
+        values["output_dir"] = default_output_dir(values["study_name"])
     return TuneOptions(**values)
 
 

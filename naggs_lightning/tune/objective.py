@@ -24,11 +24,13 @@ import socket
 from argparse import ArgumentError
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
 import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from optuna.trial import TrialState
 
 from naggs_lightning._checks import all_finite
@@ -39,6 +41,7 @@ from naggs_lightning.tune.errors import TuneError
 from naggs_lightning.tune.interrupts import Interrupted, InterruptGuard, StopOnInterrupt
 from naggs_lightning.tune.keys import PRUNED_REASON, RETRY_OF, SEEDED, SURPLUS, WORKER, WORLD_SIZE
 from naggs_lightning.tune.space import SearchSpace
+from naggs_lightning.tune.trial_outputs import TRIAL_TRAINER_SETTINGS, TrialDir, TrialHparams, TrialTrainer
 from naggs_lightning.tune.trials import trial_counts
 
 __all__ = [
@@ -49,18 +52,8 @@ __all__ = [
     "TrialCallback",
     "Objective",
     "SurplusTrial",
-    "TRIAL_TRAINER_SETTINGS",
     "metric_not_logged",
 ]
-
-#: Trainer settings every trial runs with: the tuner shows its own progress, and trials keep no
-#: logs or checkpoints (best.yaml retrains the winner with the recipe's own settings).
-TRIAL_TRAINER_SETTINGS: dict[str, Any] = {
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-    "enable_checkpointing": False,
-    "logger": False,
-}
 
 
 @dataclass
@@ -71,8 +64,11 @@ class TrialParts:
 
 
 class TrialBuilder(Protocol):
-    def build(self, params: Mapping[str, Any], callbacks: Sequence[Callback] = ()) -> TrialParts:
-        """Model, data and trainer for one point of the search space, with extra trainer callbacks."""
+    def build(
+        self, params: Mapping[str, Any], callbacks: Sequence[Callback] = (), trial: TrialDir | None = None
+    ) -> TrialParts:
+        """Model, data and trainer for one point of the search space, with extra trainer callbacks, writing its
+        logs and checkpoints to ``trial``'s folder (``None``: the study's check of the config, which writes nothing)."""
 
     def configured(self, name: str) -> Any:
         """The value the user's configuration gives parameter ``name`` (``None`` if it gives none)."""
@@ -82,20 +78,32 @@ class TrialBuilder(Protocol):
 
 
 class ConfigBuilder:
-    """Builds trials from a LightningCLI config dict through :func:`naggs_lightning.lightning_cli.build_cli`."""
+    """Builds trials from a LightningCLI config dict through :func:`naggs_lightning.lightning_cli.build_cli`.
+
+    The trainer section is the config's, with the changes of :class:`~naggs_lightning.tune.trial_outputs.TrialTrainer`
+    (checked here: a callback that cannot work in a trial raises :class:`TuneError`).
+    """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
+        from naggs_lightning.lightning_cli import unimportable_class_path
+
         self.config = dict(config)
+        problem = unimportable_class_path(self.config)
+        if problem is not None:
+            raise TuneError(problem)
+        TrialTrainer(self.config.get("trainer"))  # refuses a callback that cannot work in a trial, now
 
     def configured(self, name: str) -> Any:
         return get_path(self.config, name)
 
-    def build(self, params: Mapping[str, Any], callbacks: Sequence[Callback] = ()) -> TrialParts:
+    def build(
+        self, params: Mapping[str, Any], callbacks: Sequence[Callback] = (), trial: TrialDir | None = None
+    ) -> TrialParts:
         # The LightningCLI imports every shipped task (for the short class names): only config mode needs it.
         from naggs_lightning.lightning_cli import build_cli
 
         config = with_params(self.config, params)
-        config["trainer"] = {**(config.get("trainer") or {}), **TRIAL_TRAINER_SETTINGS}
+        config["trainer"] = TrialTrainer(config.get("trainer")).section(trial)
         try:
             cli = build_cli(config, run=False, save_config_callback=None, parser_kwargs={"exit_on_error": False})
         except ArgumentError as exc:
@@ -135,8 +143,10 @@ class FactoryBuilder:
 
     ``datamodule`` is an instance (reused by every trial) or a callable ``params -> datamodule``
     (for searched batch sizes); ``None`` when the model brings its own dataloaders.
-    ``trainer_kwargs`` go to :class:`~lightning.pytorch.Trainer` on top of
-    :data:`TRIAL_TRAINER_SETTINGS`.
+    ``trainer_kwargs`` go to :class:`~lightning.pytorch.Trainer` as given (callback and logger objects are
+    shared by every trial) on top of :data:`~naggs_lightning.tune.trial_outputs.TRIAL_TRAINER_SETTINGS`, no
+    logger, checkpointing only with a ModelCheckpoint among the callbacks, and the trials' folder as
+    ``default_root_dir``.
     """
 
     def __init__(
@@ -154,15 +164,25 @@ class FactoryBuilder:
     def configured(self, name: str) -> Any:
         return None
 
-    def build(self, params: Mapping[str, Any], callbacks: Sequence[Callback] = ()) -> TrialParts:
+    def build(
+        self, params: Mapping[str, Any], callbacks: Sequence[Callback] = (), trial: TrialDir | None = None
+    ) -> TrialParts:
         model = self.model_factory(dict(params))
         if not isinstance(model, LightningModule):
             raise TuneError(f"the model factory returned {type(model).__name__}, not a LightningModule")
         dm = self.datamodule
         if dm is not None and not isinstance(dm, LightningDataModule):
             dm = dm(dict(params))
-        kwargs = {**TRIAL_TRAINER_SETTINGS, **self.trainer_kwargs}
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), *callbacks]
+        own = self.trainer_kwargs.get("callbacks") or []
+        own = list(own) if isinstance(own, (list, tuple)) else [own]
+        kwargs = {
+            **TRIAL_TRAINER_SETTINGS,
+            "logger": False,
+            "enable_checkpointing": any(isinstance(cb, ModelCheckpoint) for cb in own),
+            **({} if trial is None else {"default_root_dir": trial.root}),
+            **self.trainer_kwargs,
+        }
+        kwargs["callbacks"] = [*own, *callbacks]
         return TrialParts(model, dm, Trainer(**kwargs))
 
     def best_config(self, params: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
@@ -325,6 +345,9 @@ class Objective:
     monitor-stopped runs raise :class:`optuna.TrialPruned` with the reason, also stored in the
     trial's user attribute :data:`~naggs_lightning.tune.keys.PRUNED_REASON`.
 
+    Each trial writes its logs and checkpoints under ``trials_dir`` (``<output_dir>/trials``;
+    :mod:`~naggs_lightning.tune.trial_outputs`); with ``None`` it keeps no logger.
+
     A Ctrl-C (:class:`~naggs_lightning.tune.interrupts.Interrupted`) during training fails the trial
     (never leaving it RUNNING) and queues its point again for the next run.
 
@@ -342,8 +365,10 @@ class Objective:
         *,
         n_trials: int | None = None,
         guard: InterruptGuard | None = None,
+        trials_dir: Path | None = None,
     ) -> None:
         self.builder = builder
+        self.trials_dir = trials_dir
         self.space = space
         self.metric = metric
         self.n_trials = n_trials
@@ -366,7 +391,9 @@ class Objective:
 
     def _train(self, trial: optuna.trial.Trial, params: dict[str, Any]) -> float:
         watcher = TrialCallback(trial, self.metric)
-        parts = self.builder.build(params, [watcher, StopOnInterrupt(self.guard)])
+        where = None if self.trials_dir is None else TrialDir(self.trials_dir, trial.number)
+        callbacks = [watcher, StopOnInterrupt(self.guard), TrialHparams(trial.number, params)]
+        parts = self.builder.build(params, callbacks, where)
         try:
             parts.trainer.fit(parts.model, datamodule=parts.datamodule)
         except Interrupted:

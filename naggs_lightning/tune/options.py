@@ -21,7 +21,15 @@ from optuna.samplers import BaseSampler
 from naggs_lightning.lr.defaults import BRACKET_STEPS, CURVATURE_BATCHES, WARMUP_STEPS
 from naggs_lightning.tune.errors import TuneError
 
-__all__ = ["TuneOptions", "PRUNERS", "SAMPLERS", "DIRECTIONS", "DEFAULT_STORAGE", "default_study_name"]
+__all__ = [
+    "TuneOptions",
+    "PRUNERS",
+    "SAMPLERS",
+    "DIRECTIONS",
+    "DEFAULT_STORAGE",
+    "default_study_name",
+    "default_output_dir",
+]
 
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random")
@@ -35,6 +43,11 @@ def default_study_name(config: str | os.PathLike | Mapping | Sequence[str | os.P
     sources = [config] if isinstance(config, (str, os.PathLike, Mapping)) else list(config or [])
     files = [Path(s) for s in sources if isinstance(s, (str, os.PathLike))]
     return files[-1].stem if files else "naggs"
+
+
+def default_output_dir(study_name: str) -> Path:
+    """Where a study writes when ``output_dir`` is not given: ``naggs-tune-out/<study-name>``."""
+    return Path("naggs-tune-out") / study_name
 
 
 def _option(default: Any, help: str, *, flag: str | None = None, cli_type: Any = None) -> Any:
@@ -100,7 +113,9 @@ class TuneOptions:
         10, "seconds between heartbeats of a running trial; a trial silent twice as long is failed and re-queued"
     )
     output_dir: Optional[Path] = _option(
-        None, "where best.yaml, best_params.yaml and the plots go; default: naggs-tune-out/<study-name>"
+        None,
+        "where best.yaml, best_params.yaml, the plots and the trials' logs and checkpoints (trials/) go; default: "
+        "naggs-tune-out/<study-name> (Python API: no files but the trials' logs and checkpoints there)",
     )
     verbose: bool = _option(True, "no progress, seed or table output", flag="--quiet")
 

@@ -172,7 +172,8 @@ def write_best(
     ``best_config(values)`` (the trial builder's :meth:`~naggs_lightning.tune.objective.TrialBuilder.best_config`)
     returns the LightningCLI config for the best values (the recipe with them set in config mode; the
     factory's classes and hparams in factory mode), or ``None`` and why not:
-    ``naggs-train fit --config best.yaml`` retrains the winner. Nothing is written while no trial
+    ``naggs-train fit --config <out_dir>/best.yaml``, run where the study ran, retrains the winner (its header
+    says so). Nothing is written while no trial
     has completed. Returns the files written and notes (why best.yaml was not written).
     """
     best = best_trial(study)
@@ -191,7 +192,8 @@ def write_best(
     if config is None:
         return written, [f"best.yaml not written: {note}"]
     written.append(out_dir / "best.yaml")
-    dump_config(config, written[1], header + f"# {note}; train it: naggs-train fit --config best.yaml\n")
+    where = "# train it from the folder the study ran in (class paths and relative paths resolve there):\n"
+    dump_config(config, written[1], f"{header}# {note}\n{where}#   naggs-train fit --config {written[1]}\n")
     return written, []
 
 
@@ -266,7 +268,8 @@ def history_figure(study: optuna.Study, metric: str) -> Any:
 
 
 def alpha_figure(study: optuna.Study, space: SearchSpace, metric: str) -> Any:
-    """The metric against the alpha each complete trial trained with, with the seed and alpha_crit marked."""
+    """The metric against the alpha each complete trial trained with, with the seed and alpha_crit marked (the edge
+    for the curvature the seed was computed from: after the warm-up, or at initialisation with ``warmup_steps=0``)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     seed = TheorySeed.from_attrs(study.user_attrs[STUDY_SEED]) if STUDY_SEED in study.user_attrs else None
     fig, ax = _figure()
@@ -278,7 +281,8 @@ def alpha_figure(study: optuna.Study, space: SearchSpace, metric: str) -> Any:
         ax.axvline(seed.alpha, color="C2", linestyle="--", label=f"seed {seed.alpha:.3g} (mu = {seed.mu:.3g})")
         marks.append(seed.alpha)
         if math.isfinite(seed.alpha_crit):
-            ax.axvline(seed.alpha_crit, color="C3", linestyle=":", label=f"alpha_crit {seed.alpha_crit:.3g} (at init)")
+            label = f"alpha_crit {seed.alpha_crit:.3g} ({_measured_when(seed)})"
+            ax.axvline(seed.alpha_crit, color="C3", linestyle=":", label=label)
             marks.append(seed.alpha_crit)
     ax.set_xscale("log")
     _log_ticks(ax.xaxis, marks)
@@ -286,6 +290,13 @@ def alpha_figure(study: optuna.Study, space: SearchSpace, metric: str) -> Any:
     ax.set(xlabel=f"alpha ({_short(space.alpha)})", ylabel=metric, title=f"{study.study_name}: alpha against {metric}")
     ax.legend(fontsize="small")
     return fig
+
+
+def _measured_when(seed: TheorySeed) -> str:
+    """When the curvature behind ``seed`` was read: after the warm-up's steps, or at initialisation."""
+    if seed.warmup is None or seed.warmup.steps == 0:
+        return "at init"
+    return f"after a {seed.warmup.steps}-step warm-up"
 
 
 def importances_figure(study: optuna.Study, space: SearchSpace) -> tuple[Any, str]:

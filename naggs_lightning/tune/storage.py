@@ -4,7 +4,8 @@ Every worker of a study opens the same URL. Trials send a heartbeat; a trial who
 killed stops beating and, ``grace_period`` seconds later (twice the interval), the next worker that
 looks marks it failed and re-queues its parameters once
 (:class:`optuna.storages.RetryHeartbeatStaleTrialCallback`), so a killed worker loses no point of
-the search. Failed trials do not count towards ``n_trials``.
+the search. Failed trials do not count towards ``n_trials``. A waiting (enqueued) trial is claimed by one
+worker only (:class:`AtomicClaimStorage`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,19 @@ import itertools
 import re
 import time
 import warnings
+from collections.abc import Sequence
+from datetime import datetime
 
 import optuna
 import sqlalchemy
 from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import TrialState
 
 from naggs_lightning.tune.errors import TuneError
 
-__all__ = ["open_storage", "redact"]
+__all__ = ["open_storage", "redact", "AtomicClaimStorage"]
 
 _SCHEMA_ATTEMPTS = 5
 _SCHEMA_RACE = re.compile(r"already exists|UNIQUE constraint failed|duplicate key", re.IGNORECASE)
@@ -69,12 +75,37 @@ def open_storage(url: str | None, *, heartbeat_interval: int = 10) -> BaseStorag
         raise TuneError(f"storage {shown}: {' '.join(str(exc).split())}") from None
 
 
+class AtomicClaimStorage(RDBStorage):
+    """An :class:`~optuna.storages.RDBStorage` whose claim of a waiting (enqueued) trial is atomic.
+
+    ``study.ask()`` claims a waiting trial by setting it RUNNING; Optuna reads the state and then writes it,
+    with ``SELECT ... FOR UPDATE``, which SQLite ignores: two processes that asked at the same instant both
+    claimed the same trial and trained it twice. Here the claim is one conditional ``UPDATE ... WHERE state =
+    WAITING``, and only the process whose update changed the row owns the trial (the other moves on to the
+    next waiting trial, as Optuna does for a trial it lost).
+    """
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        if state != TrialState.RUNNING or values is not None:
+            return super().set_trial_state_values(trial_id, state, values)
+        # Optuna's own session helper and table model: the claim must use the storage's engine and schema.
+        with _create_scoped_session(self.scoped_session) as session:
+            claimed = (
+                session.query(models.TrialModel)
+                .filter(models.TrialModel.trial_id == trial_id, models.TrialModel.state == TrialState.WAITING)
+                .update({models.TrialModel.state: TrialState.RUNNING}, synchronize_session=False)
+            )
+            if claimed == 1:  # the update holds the write lock: the rest of the claim is this process's alone
+                models.TrialModel.find_or_raise_by_id(trial_id, session).datetime_start = datetime.now()
+        return claimed == 1
+
+
 def _connect(url: str, engine_kwargs: dict, heartbeat_interval: int) -> RDBStorage:
     for attempt in itertools.count(1):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(
+                return AtomicClaimStorage(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_interval,

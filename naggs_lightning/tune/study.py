@@ -56,11 +56,12 @@ from naggs_lightning.tune.objective import (
     metric_not_logged,
 )
 from naggs_lightning.tune.opening import config_fingerprint, open_study
-from naggs_lightning.tune.options import TuneOptions, default_study_name
+from naggs_lightning.tune.options import TuneOptions, default_output_dir, default_study_name
 from naggs_lightning.tune.report import Reporter, results_table, write_best, write_plots
 from naggs_lightning.tune.seeding import seed_new_study
 from naggs_lightning.tune.space import DEFAULT_RANGES, SearchSpace
 from naggs_lightning.tune.storage import open_storage, redact
+from naggs_lightning.tune.trial_outputs import keep_best_checkpoints
 from naggs_lightning.tune.workers import optimize
 
 __all__ = ["run"]
@@ -263,6 +264,11 @@ def _finish(
             console.print(line)
 
 
+def _keep_best_checkpoints(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, root: Path) -> None:
+    """After each trial: only the best trial's checkpoints stay (an Optuna-style trial callback)."""
+    keep_best_checkpoints(study, root)
+
+
 def run(
     config: ConfigSource | Sequence[ConfigSource] | None = None,
     *,
@@ -322,12 +328,16 @@ def run(
                 guard=guard,
             )
             del prepared  # the probe's model is no longer needed
-            objective = Objective(builder, searched, opts.metric, n_trials=opts.n_trials, guard=guard)
+            trials_dir = Path(opts.output_dir or default_output_dir(study_name)) / "trials"
+            objective = Objective(
+                builder, searched, opts.metric, n_trials=opts.n_trials, guard=guard, trials_dir=trials_dir
+            )
             with Reporter(console, searched, opts.n_trials, opts.metric, enabled=opts.verbose) as reporter:
                 shown = "memory" if opts.storage is None else redact(opts.storage)
                 reporter.header(study, shown, theory, note)
                 reporter.refresh(study)
-                optimize(study, objective, opts, reporter, guard)
+                cleanup = functools.partial(_keep_best_checkpoints, root=trials_dir)
+                optimize(study, objective, opts, [reporter.trial_finished, cleanup], guard)
             _finish(study, searched, builder, opts, console)
         except Interrupted:
             raise KeyboardInterrupt from None

@@ -24,7 +24,6 @@ from optuna.trial import TrialState
 from naggs_lightning.tune.interrupts import InterruptGuard
 from naggs_lightning.tune.objective import Objective, SurplusTrial
 from naggs_lightning.tune.options import TuneOptions
-from naggs_lightning.tune.report import Reporter
 from naggs_lightning.tune.storage import open_storage
 from naggs_lightning.tune.trials import trial_counts
 
@@ -73,9 +72,10 @@ class _Heartbeat:
             self._thread.join()
 
 
-#: Serialises asking for a trial among this process's worker threads. Optuna claims a waiting (enqueued)
-#: trial with a read and a conditional update; SQLite has no SELECT ... FOR UPDATE, so two threads that ask
-#: at the same instant both claimed the same seeded trial and trained it twice.
+#: Serialises asking for a trial among this process's worker threads. Optuna claimed a waiting (enqueued)
+#: trial with a read and a conditional update; SQLite has no SELECT ... FOR UPDATE, so two threads that asked
+#: at the same instant both claimed the same seeded trial and trained it twice. Across processes the storage
+#: makes the claim atomic (:class:`~naggs_lightning.tune.storage.AtomicClaimStorage`).
 _ASK_LOCK = threading.Lock()
 
 
@@ -87,8 +87,8 @@ def _run_trial(
 ) -> None:
     """Ask for a trial, train it, tell its end (as Optuna's ``_run_trial``, with the first heartbeat written first).
 
-    A trial that another worker finished meanwhile (failed as stale while this one still trained, or
-    claimed twice by two processes on SQLite) is left as that worker recorded it.
+    A trial that another worker finished meanwhile (failed as stale while this one still trained) is left as
+    that worker recorded it.
     """
     # Asking and telling are never cut by a Ctrl-C: one that lands there is raised inside the objective (which
     # lets it cut training only), or once the trial is told.
@@ -145,13 +145,16 @@ def optimize(
     study: optuna.Study,
     objective: Objective,
     opts: TuneOptions,
-    reporter: Reporter,
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]],
     guard: InterruptGuard,
 ) -> None:
-    """This process's workers (threads on a pool, as Optuna's own ``n_jobs``) until the study is full."""
+    """This process's workers (threads on a pool, as Optuna's own ``n_jobs``) until the study is full.
+
+    ``callbacks`` are called after each trial this process ran, as Optuna's ``study.optimize`` calls its own.
+    """
     deadline = None if opts.timeout is None else time.monotonic() + opts.timeout
     stop = threading.Event()
-    args = (objective, opts.n_trials, deadline, stop, [reporter.trial_finished], guard)
+    args = (objective, opts.n_trials, deadline, stop, callbacks, guard)
     if opts.n_jobs == 1:
         _work(study, *args)
         return
