@@ -66,7 +66,10 @@ def candidates() -> dict[str, tuple[str, Callable]]:
         "NAGGS foreach": ("naggs", lambda p: NAGGS(p, lr=0.1, foreach=True)),
         "NAGGS fused": ("naggs", lambda p: NAGGS(p, lr=0.1, fused=True)),
         "SGD-nesterov loop": ("sgd", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, foreach=False)),
-        "SGD-nesterov foreach": ("sgd", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, foreach=True)),
+        "SGD-nesterov foreach": (
+            "sgd",
+            lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, foreach=True),
+        ),
         "SGD-nesterov fused": ("sgd", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, fused=True)),
         "SGD-momentum foreach": ("sgd", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, foreach=True)),
         "AdamW foreach": ("adamw", lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True)),
@@ -125,7 +128,13 @@ def main(argv: list[str] | None = None) -> None:
 
     print("ratios (> 1 means the NAGGS path is faster):")
     for ours in ("NAGGS foreach", "NAGGS fused"):
-        for theirs in ("NAGGS formula loop", "NAGGS single-tensor", "SGD-nesterov foreach", "SGD-momentum foreach", "SGD-nesterov fused"):
+        for theirs in (
+            "NAGGS formula loop",
+            "NAGGS single-tensor",
+            "SGD-nesterov foreach",
+            "SGD-momentum foreach",
+            "SGD-nesterov fused",
+        ):
             if ours in results and theirs in results:
                 print(f"  {theirs} / {ours}: {results[theirs] / results[ours]:.2f}x")
 

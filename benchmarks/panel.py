@@ -91,7 +91,10 @@ def _module(model: Model, factory: Factory, lr: float) -> pl.LightningModule:
 
 
 def train(model: Model, factory: Factory, lr: float, seed: int) -> float:
-    """Final validation accuracy of ``model`` trained with ``factory`` at ``lr`` from seed ``seed`` (0 if it diverged)."""
+    """Final validation accuracy of ``model`` trained with ``factory`` at ``lr`` from seed ``seed``.
+
+    0 if it diverged.
+    """
     pl.seed_everything(seed, verbose=False)
     module = _module(model, factory, lr)
     trainer = quiet_trainer(max_epochs=model.epochs, accelerator="cpu", devices=1, num_sanity_val_steps=0)
@@ -262,8 +265,8 @@ def part_tune(models: list[Model], seeds: list[int], budget: int, jobs: int) -> 
             share = f"{near}/{len(after_seed)}" if kind == "naggs-tune" else ""
             out[model.name][kind] = {"best_after": dict(zip(ks, medians)), "near_chance": share}
             cells = " ".join(f"{m:>6.3f}" for m in medians)
-            print(f"  {model.name:<12} {kind:<11} {cells}  {share:>11}  {seconds[(kind, model.name)] / len(runs):>7.0f}",
-                  flush=True)
+            per_run = seconds[(kind, model.name)] / len(runs)
+            print(f"  {model.name:<12} {kind:<11} {cells}  {share:>11}  {per_run:>7.0f}", flush=True)
     return out
 
 

@@ -10,8 +10,8 @@
     5 % by default) of its best, and the ratio of NAG-GS's width to the others'. A range that reaches the end
     of the grid is a lower bound (printed with ">=").
 
-Every run goes through :func:`naggs_lightning.lightning_cli.build_cli`, as ``naggs-train`` would. The data split is fixed
-(seed 0); ``--seeds`` vary the initialisation and the batch order.
+Every run goes through :func:`naggs_lightning.lightning_cli.build_cli`, as ``naggs-train`` would. The data split is
+fixed (seed 0); ``--seeds`` vary the initialisation and the batch order.
 
     python benchmarks/paper_claims.py                     # both parts: about 2.5 min of CPU time on one core
     python benchmarks/paper_claims.py --part b --cnn-epochs 10 --grid 1e-4 1e2 2 --sweep-seeds 0 1 2
@@ -108,7 +108,9 @@ def part_b(grid: np.ndarray, seeds: Sequence[int], epochs: int, tolerances: Sequ
     for name, (class_path, extra) in OPTIMIZERS.items():
         accs[name] = np.array(
             [
-                statistics.mean(train_and_test(model, (class_path, {"lr": float(lr), **extra}), epochs, s) for s in seeds)
+                statistics.mean(
+                    train_and_test(model, (class_path, {"lr": float(lr), **extra}), epochs, s) for s in seeds
+                )
                 for lr in grid
             ]
         )

@@ -79,7 +79,14 @@ def _least_squares(n_samples: int, trainer: dict[str, Any]) -> dict[str, Any]:
             "model": {"class_path": "naggs_lightning.tasks.LeastSquares", "init_args": {"dim": 20}},
             "data": {
                 "class_path": "naggs_lightning.tasks.QuadraticDataModule",
-                "init_args": {"dim": 20, "mu": 0.01, "L": 10.0, "n_samples": n_samples, "batch_size": 200, "noise": 0.1},
+                "init_args": {
+                    "dim": 20,
+                    "mu": 0.01,
+                    "L": 10.0,
+                    "n_samples": n_samples,
+                    "batch_size": 200,
+                    "noise": 0.1,
+                },
             },
             "optimizer": {"class_path": "naggs_lightning.NAGGS", "init_args": {"lr": 0.1, "mu": 0.01, "gamma": 0.01}},
             "trainer": trainer,
@@ -314,7 +321,9 @@ def _report(name: str, results: list[dict[str, Any]], args: argparse.Namespace) 
     metric, chance = task["metric"], task["chance"]
     maximize = metric != "val_loss"
     ks = [k for k in KS if k <= args.budget]
-    by_kind = {kind: sorted((r for r in results if r["kind"] == kind), key=lambda r: r["seed"]) for kind in args.studies}
+    by_kind = {
+        kind: sorted((r for r in results if r["kind"] == kind), key=lambda r: r["seed"]) for kind in args.studies
+    }
     config = _task_config(name, args.epochs_scale, args.mu)
     epochs, mu = config["trainer"]["max_epochs"], config["optimizer"]["init_args"]["mu"]
     print(
@@ -410,7 +419,9 @@ def main() -> None:
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every task's max_epochs")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per study (default: 1)")
     parser.add_argument(
-        "--mu", type=float, help="configure NAG-GS at this mu (and gamma) instead of each task's own (0.1 on the networks)"
+        "--mu",
+        type=float,
+        help="configure NAG-GS at this mu (and gamma) instead of each task's own (0.1 on the networks)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="studies run at once, one process each (default: 2)")
     parser.add_argument("--out", help="write every study's trial values here (JSON), updated as studies finish")

@@ -210,7 +210,11 @@ def lambda_stab(alpha: ArrayLike, mu: ArrayLike, gamma: ArrayLike) -> float | np
     a, m, g = np.broadcast_arrays(_arr(alpha, "alpha"), _arr(mu, "mu"), _arr(gamma, "gamma"))
     _check_common(a, m, g)
     with np.errstate(divide="ignore"):
-        out = np.where(a > 0, 2.0 * m + 2.0 * (m + g) / np.where(a > 0, a, 1.0) + 4.0 * g / np.where(a > 0, a * a, 1.0), np.inf)
+        out = np.where(
+            a > 0,
+            2.0 * m + 2.0 * (m + g) / np.where(a > 0, a, 1.0) + 4.0 * g / np.where(a > 0, a * a, 1.0),
+            np.inf,
+        )
     return _out(out, alpha, mu, gamma)
 
 

@@ -149,7 +149,8 @@ def test_a_logger_still_protects_an_existing_config(tmp_path):
     """Only the logger-less case overwrites: a logger's version folder that already holds a config is refused."""
     args = ["fit", "--model", "LogisticRegression", "--data", "DigitsDataModule", "--trainer.max_steps", "1"]
     args += ["--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)]
-    args += ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(tmp_path), "--trainer.logger.version", "0"]
+    args += ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(tmp_path)]
+    args += ["--trainer.logger.version", "0"]
     args += ["--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "1"]
     build_cli(args)
     with pytest.raises(RuntimeError, match="config.yaml"):

@@ -357,7 +357,8 @@ def _schedulers():
         "CyclicLR": lambda o: S.CyclicLR(o, 0.05, 0.8, step_size_up=3, cycle_momentum=False),
         "SequentialLR": lambda o: S.SequentialLR(o, [S.LinearLR(o, 0.2, 1.0, 3), S.ExponentialLR(o, 0.9)], [3]),
         "ChainedScheduler": lambda o: S.ChainedScheduler([S.ExponentialLR(o, 0.9), S.ConstantLR(o, 0.5, 3)]),
-        "ReduceLROnPlateau": lambda o: S.ReduceLROnPlateau(o, mode="max", patience=0, factor=0.5)  # a falling loss is no gain,
+        # a falling loss is no gain,
+        "ReduceLROnPlateau": lambda o: S.ReduceLROnPlateau(o, mode="max", patience=0, factor=0.5)
     }
 
 

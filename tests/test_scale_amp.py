@@ -63,12 +63,18 @@ class _StepRecorder(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         before, scale_before = self._before
         after = optimizer_snapshot(pl_module, trainer.optimizers[0])
-        self.records.append(dict(before=before, after=after, scale_before=scale_before, scale_after=self._scale(trainer)))
+        self.records.append(
+            dict(before=before, after=after, scale_before=scale_before, scale_after=self._scale(trainer))
+        )
 
 
 def _unchanged(before: dict, after: dict) -> bool:
     same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
-    return same(before["params"], after["params"]) and same(before["state"], after["state"]) and before["gamma"] == after["gamma"]
+    return (
+        same(before["params"], after["params"])
+        and same(before["state"], after["state"])
+        and before["gamma"] == after["gamma"]
+    )
 
 
 def _fit(module: TinyRegression, **trainer_kwargs) -> L.Trainer:
@@ -153,5 +159,6 @@ def test_curvature_probe_runs_in_fp32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = hvp(module.compute_loss(batch), params, vec)
     full = hvp(module.compute_loss(batch), params, vec)
-    gap = torch.cat([(a - b).reshape(-1) for a, b in zip(low, full)]).norm() / torch.cat([b.reshape(-1) for b in full]).norm()
+    diff = torch.cat([(a - b).reshape(-1) for a, b in zip(low, full)])
+    gap = diff.norm() / torch.cat([b.reshape(-1) for b in full]).norm()
     assert gap > 1e-3  # measured 6e-3

@@ -57,7 +57,9 @@ def _model() -> torch.nn.Module:
     grad_scale=st.floats(min_value=1e-6, max_value=1e3),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_valid_naggs_arguments_never_give_nan(lr, mu, gamma, weight_decay, fixed_gamma, maximize, path, grad_scale, seed):
+def test_valid_naggs_arguments_never_give_nan(
+    lr, mu, gamma, weight_decay, fixed_gamma, maximize, path, grad_scale, seed
+):
     model = _model()
     opt = NAGGS(
         model.parameters(),

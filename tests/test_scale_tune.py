@@ -12,6 +12,7 @@ and deletes it afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -62,16 +63,17 @@ def postgres_url() -> str:
 def study_name(postgres_url):
     name = f"naggs-test-{uuid.uuid4().hex[:12]}"
     yield name
-    try:
+    with contextlib.suppress(KeyError):
         optuna.delete_study(study_name=name, storage=postgres_url)
-    except KeyError:
-        pass
 
 
 def _recipe(tmp_path: Path, max_epochs: int, hidden: int = 32) -> Path:
     config = {
         "seed_everything": 0,
-        "model": {"class_path": "naggs_lightning.tasks.MLP", "init_args": {"hidden_sizes": [hidden, hidden], "lr": 0.5}},
+        "model": {
+            "class_path": "naggs_lightning.tasks.MLP",
+            "init_args": {"hidden_sizes": [hidden, hidden], "lr": 0.5},
+        },
         "data": {"class_path": "naggs_lightning.tasks.DigitsDataModule", "init_args": {"batch_size": 64}},
         "optimizer": {"class_path": "naggs_lightning.NAGGS", "init_args": {"lr": 0.5, "mu": 1.0, "gamma": 1.0}},
         "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": max_epochs},
@@ -192,7 +194,10 @@ def _bad_input(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "malformed-yaml": (["--config", str(broken)], r"broken\.yaml' is not valid YAML \(line 4"),
         "unknown-class": (["--config", str(unknown_class)], r"NoSuchModel"),
         "wrong-type": (["--config", str(bad_type)], r"trainer\.max_epochs.*int"),
-        "other-space": (["--param", "gamma=0.5..2.0"], r"different search space \(differs in optimizer\.init_args\.gamma\)"),
+        "other-space": (
+            ["--param", "gamma=0.5..2.0"],
+            r"different search space \(differs in optimizer\.init_args\.gamma\)",
+        ),
         "bad-option": (["--n-trials", "0"], r"n_trials must be an integer >= 1"),
     }
 

@@ -35,7 +35,9 @@ def test_spectral_radius_closed_form_matches_numeric_eigenvalues():
     mu = rng.uniform(0, 2, 2000)
     gamma = rng.uniform(0.01, 3, 2000)
     lam = rng.uniform(-1, 50, 2000)
-    np.testing.assert_allclose(theory.spectral_radius(alpha, mu, gamma, lam), _numeric_rho(alpha, mu, gamma, lam), rtol=1e-9)
+    np.testing.assert_allclose(
+        theory.spectral_radius(alpha, mu, gamma, lam), _numeric_rho(alpha, mu, gamma, lam), rtol=1e-9
+    )
 
 
 def test_determinant_is_independent_of_curvature():

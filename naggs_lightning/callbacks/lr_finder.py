@@ -12,7 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.parsing import lightning_hasattr, lightning_setattr
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from naggs_lightning.lr.defaults import CURVATURE_BATCHES, WARMUP_STEPS
+from naggs_lightning.lr.defaults import BRACKET_STEPS, CURVATURE_BATCHES, WARMUP_STEPS
 from naggs_lightning.lr.measure import measured_seed
 from naggs_lightning.lr.seed import TheorySeed
 from naggs_lightning.optim import is_naggs
@@ -50,6 +50,8 @@ class TheoryLRFinder(Callback):
         safety: factor in (0, 1] on the theory's step.
         warmup_steps: steps of the warm-up on a copy of the model (0: read at initialisation).
         curvature_batches: training batches read after the warm-up.
+        bracket_steps: steps of each short run above the theory's step (:mod:`naggs_lightning.lr.bracket`);
+            0 sets the theory's step itself.
         update_attr: also set the model's lr attribute.
         attr_name: that attribute's name; ``""`` looks for ``lr`` then ``learning_rate``.
     """
@@ -59,6 +61,7 @@ class TheoryLRFinder(Callback):
         safety: float = 0.9,
         warmup_steps: int = WARMUP_STEPS,
         curvature_batches: int = CURVATURE_BATCHES,
+        bracket_steps: int = BRACKET_STEPS,
         update_attr: bool = True,
         attr_name: str = "",
     ) -> None:
@@ -68,9 +71,12 @@ class TheoryLRFinder(Callback):
             raise ValueError(f"TheoryLRFinder: warmup_steps must be >= 0, got {warmup_steps}")
         if curvature_batches < 1:
             raise ValueError(f"TheoryLRFinder: curvature_batches must be >= 1, got {curvature_batches}")
+        if bracket_steps != 0 and bracket_steps < 4:
+            raise ValueError(f"TheoryLRFinder: bracket_steps must be 0 (no bracket) or >= 4, got {bracket_steps}")
         self.safety = safety
         self.warmup_steps = warmup_steps
         self.curvature_batches = curvature_batches
+        self.bracket_steps = bracket_steps
         self.update_attr = update_attr
         self.attr_name = attr_name
         self.optimal_lr: TheorySeed | None = None
@@ -87,6 +93,7 @@ class TheoryLRFinder(Callback):
             safety=self.safety,
             warmup_steps=self.warmup_steps,
             curvature_batches=self.curvature_batches,
+            bracket_steps=self.bracket_steps,
             device=trainer.strategy.root_device,
         )
         seed = trainer.strategy.broadcast(seed)  # every rank trains with rank 0's step

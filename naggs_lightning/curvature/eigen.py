@@ -194,7 +194,8 @@ def rayleigh_quotient(op: LinearOperator, direction: Tensor) -> float:
 
 
 def hutchinson(op: LinearOperator, *, n_samples: int = 32, seed: int = 0) -> tuple[float, float]:
-    r"""Hutchinson's trace estimate :math:`\frac1m \sum_i z_i^\top H z_i` (Rademacher :math:`z_i`) and its standard error."""
+    r"""Hutchinson's trace estimate :math:`\frac1m \sum_i z_i^\top H z_i` (Rademacher :math:`z_i`) and its standard
+    error."""
     if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 2:
         raise ValueError(f"n_samples must be an integer >= 2, got {n_samples!r}")
     gen = torch.Generator(device=op.device).manual_seed(seed)

@@ -131,8 +131,8 @@ def warm_up_curvature(
             ends = [first] + [batch_to(next(source), device) for _ in range(curvature_batches - 1)]
             after = [_read(model, batch, max_iter, tol) for batch in ends] if failed is None else []
             final = tuple(lam for lam, _ in after)
-            finite = all(math.isfinite(lam) and math.isfinite(l) for lam, l in after)
-            mean_loss = statistics.fmean(l for _, l in after) if after else math.nan
+            finite = all(math.isfinite(lam) and math.isfinite(loss) for lam, loss in after)
+            mean_loss = statistics.fmean(loss for _, loss in after) if after else math.nan
             if failed is None and warmup_steps and not finite:
                 failed = (readings[-1].alpha, "the loss went non-finite after the warm-up")
             elif failed is None and warmup_steps and _collapsed(readings, max(final), mean_loss):

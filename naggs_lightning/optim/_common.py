@@ -152,7 +152,8 @@ def gather(
             continue
         if p.grad.is_sparse:
             raise RuntimeError(
-                f"{type(optimizer).__name__} does not support sparse gradients; use a dense gradient (e.g. sparse=False)"
+                f"{type(optimizer).__name__} does not support sparse gradients; "
+                "use a dense gradient (e.g. sparse=False)"
             )
         params.append(p)
         grads.append(p.grad)

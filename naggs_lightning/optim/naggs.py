@@ -105,9 +105,10 @@ class NAGGS(CheckedOptimizer):
             checked again when a fused step runs.
 
     State: one buffer ``momentum_buffer = x - v`` per parameter (zero on its first step, as
-    ``v_0 = x_0``; ``v`` is ``p - state["momentum_buffer"]``), and, per param group, the current ``gamma`` (kept in the group, so ``state_dict`` saves it in full
-    precision whatever the parameters' dtype). Parameters whose ``.grad`` is ``None`` are skipped and
-    their state is untouched; a group with no gradient at all does not advance gamma. A step that
+    ``v_0 = x_0``; ``v`` is ``p - state["momentum_buffer"]``), and, per param group, the current ``gamma``
+    (kept in the group, so ``state_dict`` saves it in full precision whatever the parameters' dtype). Parameters
+    whose ``.grad`` is ``None`` are skipped and their state is untouched; a group with no gradient at all does not
+    advance gamma. A step that
     ``torch.amp.GradScaler`` skips for inf/NaN gradients changes nothing, because ``step()`` is not
     called. Gradients are otherwise used as given: a NaN gradient makes NaN parameters, as in every
     torch optimizer; use ``SpectralStabilityMonitor`` or GradScaler to catch them.

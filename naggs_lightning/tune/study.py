@@ -109,7 +109,9 @@ def _quiet() -> Iterator[None]:
             # LightningCLI warns when given a config while sys.argv holds naggs-tune's own flags.
             warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter")
             # study.ask() with a heartbeat storage: this module beats for its trials itself (_Heartbeat).
-            warnings.filterwarnings("ignore", message=r"Heartbeat of storage is supposed to be used with Study.optimize")
+            warnings.filterwarnings(
+                "ignore", message=r"Heartbeat of storage is supposed to be used with Study.optimize"
+            )
             # Lightning 2.6 on torch >= 2.10, repeated every trial; nothing a user can act on.
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
             yield

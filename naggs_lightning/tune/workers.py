@@ -55,10 +55,9 @@ class _Heartbeat:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
+            # a busy database: the next beat retries; a missed one only shortens the grace
+            with contextlib.suppress(Exception):
                 self.storage.record_heartbeat(self.trial_id)
-            except Exception:  # a busy database: the next beat retries; a missed one only shortens the grace
-                pass
 
     def __enter__(self) -> _Heartbeat:
         if self.interval:

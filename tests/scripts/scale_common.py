@@ -42,7 +42,8 @@ def make_dataset(n: int = N_SAMPLES, seed: int = 7) -> TensorDataset:
 
 
 def epoch_sampler(dataset: TensorDataset, num_replicas: int = 1, rank: int = 0, seed: int = SEED) -> DistributedSampler:
-    """One shuffled permutation ``perm`` per epoch, drawn from ``seed + epoch``; rank ``r`` of ``R`` gets ``perm[r::R]``.
+    """One shuffled permutation ``perm`` per epoch, drawn from ``seed + epoch``; rank ``r`` of ``R`` gets
+    ``perm[r::R]``.
 
     This is the sampler Lightning itself injects under DDP. Batch ``k`` of size ``b`` on every rank
     together is therefore exactly ``perm[k R b : (k + 1) R b]``: batch ``k`` of size ``R b`` of the
