@@ -153,7 +153,6 @@ class Scheduled(SignalCNN):
 
 
 def signal_fit(model, monitor, steps: int) -> tuple[pl.Trainer, list[str]]:
-    pl.seed_everything(0, verbose=False)
     trainer = pl.Trainer(
         max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, callbacks=[monitor],
@@ -166,6 +165,7 @@ def signal_fit(model, monitor, steps: int) -> tuple[pl.Trainer, list[str]]:
 
 def test_real_run_probes_on_the_dense_schedule_and_restarts_after_an_lr_rise():
     monitor = SpectralStabilityMonitor()
+    pl.seed_everything(0, verbose=False)
     signal_fit(Scheduled(lr=0.05, mu=0.1, gamma=0.1), monitor, 80)
     assert [h["step"] for h in monitor.history] == [1, 4, 16, 31, 34, 46]
     assert monitor.state_dict()["schedule"]["start"] == 30
@@ -175,6 +175,7 @@ def test_real_run_probes_on_the_dense_schedule_and_restarts_after_an_lr_rise():
 def test_a_collapse_at_twice_the_best_step_is_flagged_before_step_50_and_cap_lr_rescues_it(on_unstable):
     # SignalCNN, NAG-GS mu = gamma = 0.1: the best step is about 0.2; at 0.4 the run collapses to chance.
     monitor = SpectralStabilityMonitor(on_unstable=on_unstable)
+    pl.seed_everything(0, verbose=False)
     model = SignalCNN(lr=0.4, mu=0.1, gamma=0.1)
     trainer, warned = signal_fit(model, monitor, 300)
     collapses = [w for w in warned if "collapsed: the loss" in w]
