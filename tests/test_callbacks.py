@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from naggs_lightning import NAGGS, theory
 from naggs_lightning.callbacks import (
+    CollapseDetector,
     Decision,
     Detector,
     EdgeOfStabilityDetector,
@@ -316,7 +317,8 @@ def test_loss_spike_brings_the_probe_forward_and_the_cap_holds_under_a_scheduler
     unmonitored, _ = run(None)
     assert not math.isfinite(unmonitored.losses[-1])  # the control diverges
 
-    monitor = SpectralStabilityMonitor(every_n_steps=1000, on_unstable="cap_lr")
+    # No dense phase: the lr rise at step 30 would restart it (tests/test_schedule.py), the spike is tested here.
+    monitor = SpectralStabilityMonitor(every_n_steps=1000, on_unstable="cap_lr", dense_growth=0)
     recorder, record = run(monitor)
     losses = recorder.losses
     probes = [h["step"] for h in monitor.history]
@@ -501,7 +503,13 @@ def test_the_default_list_is_what_no_detectors_builds():
     def settings(detectors):
         return [(type(d), repr(d), d.name) for d in detectors]
 
-    expected = [NonFiniteLossDetector(), SpikeDetector(), OscillationDetector(), EdgeOfStabilityDetector()]
+    expected = [
+        NonFiniteLossDetector(),
+        SpikeDetector(),
+        OscillationDetector(),
+        EdgeOfStabilityDetector(),
+        CollapseDetector(),
+    ]
     assert settings(SpectralStabilityMonitor().detectors) == settings(default_detectors()) == settings(expected)
     assert SpectralStabilityMonitor().detectors[0] is not SpectralStabilityMonitor().detectors[0]  # not shared
 

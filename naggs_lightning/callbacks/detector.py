@@ -23,9 +23,9 @@ words, no side effect on the trainer. The monitor acts on them:
   says whether the episode still holds (that is :attr:`SpectralStabilityMonitor.unstable`).
 
 Detectors later in the list read what earlier ones left in the observation's scratch fields (``signs``, the
-divergence signs in words, and ``spiking``), as optax's chained transforms pass their updates along: the
-default list is ordered non-finite, spike, oscillation, edge, and the edge detector reads the other two's
-findings. Each detector keeps its own state behind :meth:`Detector.state_dict`, saved under its
+divergence signs in words, ``spiking`` and ``collapsed``), as optax's chained transforms pass their updates along: the
+default list is ordered non-finite, spike, oscillation, edge, collapse, and the edge detector reads the spike
+and oscillation detectors' findings. Each detector keeps its own state behind :meth:`Detector.state_dict`, saved under its
 :attr:`Detector.name` in the monitor's checkpoint state.
 
 The lr cap is not a detector: it is the monitor's *action* for ``on_unstable="cap_lr"``
@@ -84,6 +84,9 @@ class Observation:
     """Scratch: divergence signs in words, appended by detectors for those later in the list."""
     spiking: bool = False
     """Scratch: a loss spike is in progress (set by the spike detector, read by the edge detector)."""
+    collapsed: bool = False
+    """Scratch: a collapse was decided at this probe (set by the collapse detector; ``cap_lr`` then caps the lr
+    without the curvature, :mod:`~naggs_lightning.callbacks.lr_cap`)."""
     notes: dict[str, Any] = field(default_factory=dict)
     """What detectors add to the probe's record in :attr:`SpectralStabilityMonitor.history` (the edge's zone)."""
 

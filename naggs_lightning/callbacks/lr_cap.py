@@ -8,6 +8,11 @@ The rule (documented in ``docs/monitor.md`` and tested):
   a network re-sharpens to the edge of each new step, so a cap set there would only ratchet the step down.
 * A cap is **lifted** at a probe whose curvature is below the edge of the asked-for lr: the step the cap
   protects would then be stable even by the quadratic theory. If it diverges again, it is capped again.
+* A **collapse** (:class:`~naggs_lightning.callbacks.collapse.CollapseDetector`) caps every group at
+  ``COLLAPSE_FRACTION`` (0.5) times its current lr, whatever the curvature: the collapse put the network in a flat
+  region, whose curvature is below every edge and says nothing about the step that threw it there. Such a cap is
+  lowered again by a further collapse, and never lifted by the curvature rule (a lifted cap would give back the
+  step that collapsed the run).
 * While a cap holds, ``lr = min(asked-for lr, cap)`` before each step; the asked-for lr is whatever the user
   or a scheduler last set, so a scheduler keeps working underneath the cap.
 """
@@ -22,7 +27,10 @@ from torch import Tensor
 
 from naggs_lightning.callbacks.groups import GroupStability, curvature_edge
 
-__all__ = ["LrCap"]
+__all__ = ["COLLAPSE_FRACTION", "LrCap"]
+
+COLLAPSE_FRACTION = 0.5
+"""A collapse caps each group's lr at this fraction of its current lr."""
 
 
 class LrCap:
@@ -35,13 +43,20 @@ class LrCap:
         self.caps: dict[str, float] = {}
         self.requested: dict[str, float] = {}  # the lr the user or a scheduler asked for, under a cap
         self._applied: dict[str, float] = {}  # the lr this object last wrote
+        self.collapsed: set[str] = set()  # the caps a collapse set: not lifted by the curvature
 
-    def update(self, rows: Sequence[GroupStability], lam: float, diverging: bool) -> list[str]:
-        """The rule at one probe: lower the caps of diverging groups (at or past their edge), lift the caps
-        whose asked-for step is safe again, impose the caps in force. Returns what was lifted, in words."""
+    def update(
+        self, rows: Sequence[GroupStability], lam: float, diverging: bool, collapsed: bool = False
+    ) -> list[str]:
+        """The rule at one probe: on a collapse cap every group at ``COLLAPSE_FRACTION`` of its lr; lower the caps
+        of diverging groups (at or past their edge), lift the caps whose asked-for step is safe again, impose the
+        caps in force. Returns what was lifted, in words."""
         lifted = []
         for row in rows:
-            if diverging and row.metrics.get("edge_ratio", 0.0) >= 1.0:
+            if collapsed:
+                self.caps[row.key] = min(self.caps.get(row.key, math.inf), COLLAPSE_FRACTION * float(row.group["lr"]))
+                self.collapsed.add(row.key)
+            elif diverging and row.metrics.get("edge_ratio", 0.0) >= 1.0:
                 self.lower(row.key, row.limit)
             elif row.key in self.caps:
                 edge = curvature_edge(row.optimizer, row.group, self.asked_for(row.key, row.group))
@@ -61,7 +76,7 @@ class LrCap:
 
     def check_lift(self, key: str, lam: float, requested_edge: float) -> tuple[bool, str | None]:
         """``(should_lift, reason)``: lift when the curvature is below the edge of the asked-for lr."""
-        if key not in self.caps or not lam < requested_edge:
+        if key not in self.caps or key in self.collapsed or not lam < requested_edge:
             return False, None
         return True, (
             f"the curvature {lam:.4g} is below the edge {requested_edge:.4g} of the asked-for lr "
@@ -74,6 +89,7 @@ class LrCap:
         del self.caps[key]
         self.requested.pop(key, None)
         self._applied.pop(key, None)
+        self.collapsed.discard(key)
 
     def asked_for(self, key: str, group: dict[str, Any]) -> float:
         """The lr the user or a scheduler asked for (the group's lr when this object did not write it)."""
@@ -88,10 +104,16 @@ class LrCap:
         self._applied[key] = float(group["lr"])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"caps": dict(self.caps), "requested": dict(self.requested), "applied": dict(self._applied)}
+        return {
+            "caps": dict(self.caps),
+            "requested": dict(self.requested),
+            "applied": dict(self._applied),
+            "collapsed": sorted(self.collapsed),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.caps, self.requested, self._applied = dict(state["caps"]), dict(state["requested"]), dict(state["applied"])
+        self.collapsed = set(state.get("collapsed", ()))  # checkpoints before the collapse cap had none
 
 
 def _set_lr(group: dict[str, Any], value: float) -> None:

@@ -19,12 +19,14 @@ from torch import Tensor
 from typing_extensions import override
 
 from naggs_lightning.callbacks import report
+from naggs_lightning.callbacks.collapse import CollapseDetector
 from naggs_lightning.callbacks.detector import Decision, Detector, Observation
 from naggs_lightning.callbacks.edge import EdgeOfStabilityDetector
 from naggs_lightning.callbacks.groups import group_stability, param_groups, trained_params
 from naggs_lightning.callbacks.lr_cap import LrCap
 from naggs_lightning.callbacks.non_finite import NonFiniteLossDetector
 from naggs_lightning.callbacks.oscillation import OscillationDetector
+from naggs_lightning.callbacks.schedule import ProbeSchedule
 from naggs_lightning.callbacks.spike import SpikeDetector
 from naggs_lightning.curvature import Algorithm, Method, NonFiniteCurvatureError, probe_batch
 
@@ -35,13 +37,20 @@ _ACTIONS = ("warn", "cap_lr", "stop")
 
 def default_detectors() -> list[Detector]:
     """The detectors a monitor runs when given none, in order (later ones read what earlier ones found)."""
-    return [NonFiniteLossDetector(), SpikeDetector(), OscillationDetector(), EdgeOfStabilityDetector()]
+    return [
+        NonFiniteLossDetector(),
+        SpikeDetector(),
+        OscillationDetector(),
+        EdgeOfStabilityDetector(),
+        CollapseDetector(),
+    ]
 
 
 class SpectralStabilityMonitor(Callback):
     r"""Estimate the loss Hessian's top eigenvalue during training and tell the edge of stability from divergence.
 
-    Every ``every_n_steps`` optimizer steps (and after the first step) it measures the current batch with
+    Every ``every_n_steps`` optimizer steps, and densely early in training and after the lr rose (steps 1, 4, 16,
+    64 from the start: :mod:`naggs_lightning.callbacks.schedule`), it measures the current batch with
     :func:`naggs_lightning.curvature.probe_batch` (side-effect free): :math:`\lambda_{max}` of the loss's
     Hessian (warm-started Lanczos), the batch sharpness (logged for comparison) and the loss after the step. Each
     param group's edge comes from :mod:`naggs_lightning.callbacks.groups` (NAG-GS :math:`\lambda_{stab}(\alpha)`,
@@ -56,6 +65,9 @@ class SpectralStabilityMonitor(Callback):
       never warned) or **diverging** (well past the edge together with a sign: the probed batch's loss rose
       over the step, or the updates oscillate); past the edge without a sign, the next probes come after 1, 2,
       4, ... steps.
+    * :class:`~naggs_lightning.callbacks.CollapseDetector`: the loss left its initial value (fell, or jumped) and
+      came back to it, and sits there: the step threw the network into a flat region (``cap_lr`` then halves the
+      lr, whatever the curvature).
 
     On divergence ``on_unstable`` decides: ``"warn"`` (a :class:`StabilityWarning` with a table, once per
     episode), ``"cap_lr"`` (warn and cap the lr: :mod:`naggs_lightning.callbacks.lr_cap`) or ``"stop"`` (warn and
@@ -66,6 +78,9 @@ class SpectralStabilityMonitor(Callback):
 
     Args:
         every_n_steps: optimizer steps between scheduled probes (default 500: about 2-3 % of a digits run).
+        dense_growth: the dense phase's probes fall at 1, ``dense_growth``, ``dense_growth``\ :sup:`2`, ... steps
+            from the start and from each lr rise, while below ``every_n_steps / 4``; 0: no dense phase
+            (:class:`~naggs_lightning.callbacks.schedule.ProbeSchedule`).
         on_unstable: ``"warn"``, ``"cap_lr"`` or ``"stop"``.
         detectors: the rules, run in this order (``None``: :func:`default_detectors`). Each detector's settings
             are its constructor's arguments, e.g. ``[NonFiniteLossDetector(), SpikeDetector(factor=5.0),
@@ -80,6 +95,7 @@ class SpectralStabilityMonitor(Callback):
         *,
         on_unstable: Literal["warn", "cap_lr", "stop"] = "warn",
         detectors: list[Detector] | None = None,
+        dense_growth: int = 4,
         safety_factor: float = 0.9,
         max_iter: int = 20,
         tol: float = 1e-2,
@@ -100,6 +116,7 @@ class SpectralStabilityMonitor(Callback):
         self.method = method
         try:
             self.lr_cap = LrCap(safety_factor)
+            self.schedule = ProbeSchedule(every_n_steps, growth=dense_growth)
         except ValueError as err:
             raise MisconfigurationException(str(err)) from err
         # Lightning reads state_key on every hook call (profiler names): build the string once.
@@ -176,7 +193,10 @@ class SpectralStabilityMonitor(Callback):
         obs.params = trained_params(trainer.optimizers)
         for detector in self.detectors:
             self._without_curvature(trainer, obs, detector.on_step(obs))
-        due = obs.step % self.every_n_steps == 0 or self._last_probe_step is None
+        lrs = {key: float(group["lr"]) for key, _, _, group in param_groups(trainer.optimizers)}
+        if self.schedule.observe(obs.step, lrs):
+            report.info(f"step {obs.step}: the lr rose; probing the curvature densely again.")
+        due = self.schedule.due(obs.step) or self._last_probe_step is None
         if due or (self._probe_at is not None and obs.step >= self._probe_at):
             self._probe(trainer, pl_module, batch, obs)
 
@@ -219,6 +239,7 @@ class SpectralStabilityMonitor(Callback):
             "history": [dict(h) for h in self.history],
             "detectors": {d.name: d.state_dict() for d in self.detectors},
             "lr_cap": self.lr_cap.state_dict(),
+            "schedule": self.schedule.state_dict(),
         }
 
     @override
@@ -231,6 +252,8 @@ class SpectralStabilityMonitor(Callback):
             if detector.name in states:
                 detector.load_state_dict(states[detector.name])
         self.lr_cap.load_state_dict(state_dict["lr_cap"])
+        if "schedule" in state_dict:  # checkpoints before the dense schedule start it from step 0
+            self.schedule.load_state_dict(state_dict["schedule"])
 
     def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, obs: Observation) -> None:
         self._probe_at = None
@@ -260,7 +283,7 @@ class SpectralStabilityMonitor(Callback):
         reasons = [reason for detector in self.detectors for reason in self._follow(obs, detector.on_probe(obs))]
         diverging = self.unstable
         if self.on_unstable == "cap_lr":
-            for message in self.lr_cap.update(rows, lam, diverging):
+            for message in self.lr_cap.update(rows, lam, diverging, collapsed=obs.collapsed):
                 report.info(f"step {step}: {message}")
         if reasons:
             reason = "; ".join(reasons)

@@ -10,6 +10,8 @@ across ranks, so every rank computes the same eigenvalue.
 
 from __future__ import annotations
 
+import math
+
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -248,4 +250,7 @@ def probe_batch(
     with module_hessian(module, [batch], params=params, method=method, sync=sync) as op:
         init = init if init is not None and init.numel() == op.numel else None
         eigen = extreme_eigenpair(op, which="largest", init=init, **solver)
-        return BatchProbe(eigen, rayleigh_quotient(op, op.gradient()), op.loss)
+        gradient = op.gradient()
+        # A zero gradient (a batch fitted exactly, or dead units) has no direction: no batch sharpness (NaN).
+        sharpness = rayleigh_quotient(op, gradient) if bool(gradient.any()) else math.nan
+        return BatchProbe(eigen, sharpness, op.loss)
