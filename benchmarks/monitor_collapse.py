@@ -29,7 +29,9 @@ from naggs_lightning.tasks import MLP, DeepDigitsCNN, DigitsDataModule, SignalCN
 # name: (model at lr, data, the best step: the best of 0.1, 0.2, 0.4 over 300 steps without a monitor)
 NETWORKS = {
     "signal-cnn": (lambda lr: SignalCNN(lr=lr, mu=0.1, gamma=0.1), SignalDataModule, 0.2),
-    "deep-digits-cnn": (lambda lr: DeepDigitsCNN(lr=lr, mu=0.1, gamma=0.1), lambda: DigitsDataModule(batch_size=64), 0.1),
+    "deep-digits-cnn": (
+        lambda lr: DeepDigitsCNN(lr=lr, mu=0.1, gamma=0.1), lambda: DigitsDataModule(batch_size=64), 0.1
+    ),
     "digits-mlp": (
         lambda lr: MLP(hidden_sizes=(128,), lr=lr, mu=0.1, gamma=0.1), lambda: DigitsDataModule(batch_size=64), 0.4
     ),

@@ -6,8 +6,8 @@
 (:func:`default_detectors`) is :mod:`~naggs_lightning.callbacks.non_finite`,
 :mod:`~naggs_lightning.callbacks.spike`, :mod:`~naggs_lightning.callbacks.oscillation`,
 :mod:`~naggs_lightning.callbacks.edge` (edge of stability against divergence) and
-:mod:`~naggs_lightning.callbacks.collapse`; :mod:`~naggs_lightning.callbacks.schedule` says when to probe; the monitor's action on
-divergence under ``on_unstable="cap_lr"`` is :mod:`~naggs_lightning.callbacks.lr_cap`, and
+:mod:`~naggs_lightning.callbacks.collapse`; :mod:`~naggs_lightning.callbacks.schedule` says when to probe; the
+monitor's action on divergence under ``on_unstable="cap_lr"`` is :mod:`~naggs_lightning.callbacks.lr_cap`, and
 :mod:`~naggs_lightning.callbacks.groups` reads each param group's edge from the theory.
 """
 

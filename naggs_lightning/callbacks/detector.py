@@ -25,8 +25,8 @@ words, no side effect on the trainer. The monitor acts on them:
 Detectors later in the list read what earlier ones left in the observation's scratch fields (``signs``, the
 divergence signs in words, ``spiking`` and ``collapsed``), as optax's chained transforms pass their updates along: the
 default list is ordered non-finite, spike, oscillation, edge, collapse, and the edge detector reads the spike
-and oscillation detectors' findings. Each detector keeps its own state behind :meth:`Detector.state_dict`, saved under its
-:attr:`Detector.name` in the monitor's checkpoint state.
+and oscillation detectors' findings. Each detector keeps its own state behind :meth:`Detector.state_dict`, saved
+under its :attr:`Detector.name` in the monitor's checkpoint state.
 
 The lr cap is not a detector: it is the monitor's *action* for ``on_unstable="cap_lr"``
 (:class:`~naggs_lightning.callbacks.lr_cap.LrCap`), applied after all detectors have seen a probe, to the param

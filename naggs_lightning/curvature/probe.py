@@ -10,9 +10,8 @@ across ranks, so every rank computes the same eigenvalue.
 
 from __future__ import annotations
 
-import math
-
 import contextlib
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
