@@ -272,7 +272,10 @@ class TrialCallback(Callback):
     so every rank of a DDP trial stops at the same step. The reason is also stored in the trial's user
     attribute :data:`~naggs_lightning.tune.keys.PRUNED_REASON`: under ``ddp_spawn`` the ranks run in
     processes of their own and this object's :attr:`reason` never reaches the process that runs the
-    study, which reads the storage instead (:func:`stop_reason`). (optuna-integration's
+    study, which reads the storage instead (:func:`stop_reason`). A
+    :class:`~naggs_lightning.callbacks.SpectralStabilityMonitor` of the trainer that stopped the run
+    (``on_unstable="stop"``) is read at the end of training on each rank and its reason stored the same way.
+    (optuna-integration's
     ``PyTorchLightningPruningCallback`` shares its decision through the storage the same way, but
     raises inside ``fit`` on one process, warns instead of failing when the metric is missing, counts
     epochs rather than validations and knows nothing of divergence: this callback replaces it, and the
@@ -294,6 +297,14 @@ class TrialCallback(Callback):
         trainer.should_stop = True
         if trainer.is_global_zero:
             self.trial.set_user_attr(PRUNED_REASON, reason)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A SpectralStabilityMonitor that stopped the run: its reason lives in this process (a rank's, under
+        # ddp_spawn), so rank zero stores it where the study's process reads it (:func:`stop_reason`).
+        if self.reason is None and (reason := _monitor_stop(trainer)) is not None:
+            self.reason = reason
+            if trainer.is_global_zero:
+                self.trial.set_user_attr(PRUNED_REASON, reason)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
