@@ -187,3 +187,22 @@ def test_a_collapse_at_twice_the_best_step_is_flagged_before_step_50_and_cap_lr_
         assert accuracy > 0.5  # chance is 0.2
     else:
         assert accuracy < 0.3  # the control: collapsed to chance
+
+
+def test_no_cap_is_lifted_inside_the_dense_phase():
+    # Early in training a network is flat whatever the step: a cap lifted there gives the diverging step back.
+    opt = NAGGS([torch.nn.Parameter(torch.zeros(3))], lr=0.4, mu=0.1, gamma=0.1)
+    group = opt.param_groups[0]
+    cap = LrCap(0.9)
+    cap.lower("0/0", 0.1)
+    flat = 0.01  # below the edge of the asked-for 0.4: the curvature rule would lift
+    cap.update([group_stability("0/0", "", opt, group, flat)], flat, diverging=False, may_lift=False)
+    assert cap.caps == {"0/0": pytest.approx(0.09)} and group["lr"] == pytest.approx(0.09)
+    lifted = cap.update([group_stability("0/0", "", opt, group, flat)], flat, diverging=False)
+    assert len(lifted) == 1 and cap.caps == {} and group["lr"] == pytest.approx(0.4)
+    schedule = ProbeSchedule(500)
+    assert schedule.dense(0) and schedule.dense(124) and not schedule.dense(125)
+    schedule.observe(0, {"0/0": 0.1})
+    schedule.observe(300, {"0/0": 0.2})  # a rise restarts the phase
+    assert not schedule.dense(299) and schedule.dense(300) and schedule.dense(424) and not schedule.dense(425)
+    assert not ProbeSchedule(500, growth=0).dense(1)

@@ -283,7 +283,8 @@ class SpectralStabilityMonitor(Callback):
         reasons = [reason for detector in self.detectors for reason in self._follow(obs, detector.on_probe(obs))]
         diverging = self.unstable
         if self.on_unstable == "cap_lr":
-            for message in self.lr_cap.update(rows, lam, diverging, collapsed=obs.collapsed):
+            may_lift = not self.schedule.dense(step)  # early in training a network is flat whatever the step
+            for message in self.lr_cap.update(rows, lam, diverging, collapsed=obs.collapsed, may_lift=may_lift):
                 report.info(f"step {step}: {message}")
         if reasons:
             reason = "; ".join(reasons)

@@ -53,6 +53,10 @@ class ProbeSchedule:
             offset *= self.growth
         return [self.start + o for o in offsets]
 
+    def dense(self, step: int) -> bool:
+        """Whether ``step`` falls in the dense phase (from its start to ``every_n_steps / 4`` steps after it)."""
+        return self.growth > 0 and self.start <= step < self.start + self.every_n_steps / 4
+
     def due(self, step: int) -> bool:
         """Whether a probe is scheduled at ``step``."""
         return step % self.every_n_steps == 0 or step in self.dense_steps()
