@@ -206,3 +206,23 @@ def test_no_cap_is_lifted_inside_the_dense_phase():
     schedule.observe(300, {"0/0": 0.2})  # a rise restarts the phase
     assert not schedule.dense(299) and schedule.dense(300) and schedule.dense(424) and not schedule.dense(425)
     assert not ProbeSchedule(500, growth=0).dense(1)
+
+
+class Huge(pl.LightningModule):
+    """loss = 1e20 * sum(w): a finite loss and gradient whose squared norm overflows float32."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(4))
+
+    def compute_loss(self, batch):
+        return 1e20 * (self.w * batch).sum() + (self.w**2).sum()
+
+
+def test_a_probe_along_a_gradient_that_overflows_gives_no_batch_sharpness():
+    # A diverging run (the digits MLP at 2x its best step) reached such a gradient: the probe raised before.
+    from naggs_lightning.curvature import probe_batch
+
+    module = Huge()
+    probe = probe_batch(module, torch.ones(4), params=list(module.parameters()))
+    assert math.isnan(probe.batch_sharpness) and probe.eigen.eigenvalue == pytest.approx(2.0, rel=1e-2)

@@ -250,6 +250,10 @@ def probe_batch(
         init = init if init is not None and init.numel() == op.numel else None
         eigen = extreme_eigenpair(op, which="largest", init=init, **solver)
         gradient = op.gradient()
-        # A zero gradient (a batch fitted exactly, or dead units) has no direction: no batch sharpness (NaN).
-        sharpness = rayleigh_quotient(op, gradient) if bool(gradient.any()) else math.nan
+        # A zero gradient (a batch fitted exactly, or dead units) has no direction, nor has one that overflowed
+        # (a diverging run: the digits MLP at 2x its best step): no batch sharpness (NaN).
+        try:
+            sharpness = rayleigh_quotient(op, gradient) if bool(gradient.any()) else math.nan
+        except ValueError:
+            sharpness = math.nan
         return BatchProbe(eigen, sharpness, op.loss)
