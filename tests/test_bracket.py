@@ -76,3 +76,38 @@ def test_bad_arguments_name_the_parameter(kwargs, match):
     args = {"alpha": 0.1, **kwargs}
     with pytest.raises(LRError, match=match):
         bracket_step(model, batches, args.pop("alpha"), MU, MU, **args)
+
+
+@pytest.mark.parametrize(
+    ("quarters", "outcome"),
+    [
+        ([1.60, 1.60, 1.60, 1.60], "slow"),  # the loss has not moved yet: a larger step may move it
+        ([1.50, 1.30, 1.58, 1.60], "collapsed"),  # it fell, then came back to the initial loss
+        ([1.90, 1.75, 1.72, 1.70], "collapsed"),  # thrown above the initial loss and still there
+        ([1.40, 1.10, 0.90, 0.80], "trains"),
+        ([math.inf], "diverged"),
+    ],
+)
+def test_a_run_that_did_not_train_is_slow_unless_it_fell_or_rose_on_the_way(quarters, outcome):
+    from naggs_lightning.lr.bracket import _outcome
+
+    assert _outcome(quarters, 1.609, []) == outcome
+
+
+def test_seeded_trials_keep_the_best_step_and_skip_only_failures_above_it():
+    from dataclasses import replace
+
+    from naggs_lightning.lr.readings import BracketRun
+    from naggs_lightning.lr.seed import theory_seed
+    from naggs_lightning.tune.seeding import seeded_ratios
+
+    seed = theory_seed(20.0, 0.03, 0.03)
+
+    def bracketed(best: float, *runs: tuple[float, str]) -> list[float]:
+        found = Bracket(tuple(BracketRun(f, f, 1.0, o) for f, o in runs), 2.3, 40, 0.1)
+        return seeded_ratios(replace(seed, alpha=best * seed.theory_step, bracket=found), 3, 4.0)
+
+    assert bracketed(1.0) == [1.0, 0.5, 2.0]
+    assert bracketed(2.0, (1.0, "trains"), (2.0, "trains"), (4.0, "collapsed")) == [2.0, 1.0, 0.5]
+    # nothing trained in the short runs (a slow start, then a collapse): the theory's step is still tried first
+    assert bracketed(1.0, (1.0, "slow"), (2.0, "collapsed")) == [1.0, 0.5, 0.25]

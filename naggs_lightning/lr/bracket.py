@@ -8,10 +8,14 @@ run can say where between the two it trains best; a few dozen steps say it, beca
 
 :func:`bracket_step` trains short runs of a copy of the model from its initialisation, each on the same
 batches, at ``factors`` times the seed (1, 2, 4 by default: up to about 3.6 alpha* at the default safety),
-in increasing order. Each run's score is its mean training loss over the last quarter of its steps. The
-bracket stops climbing at the first run that diverges (a non-finite loss), collapses (a score no better than
-the initial loss) or scores worse than the step below it; the suggested step is the one with the lowest
-score. The first factor is the theory's step itself, so the bracket never suggests a step below it.
+in increasing order. Each run's score is its mean training loss over the last quarter of its steps. A run
+whose score stays near the initial loss (at least 98 % of it) did not train: it *collapsed* if its loss fell
+below 90 % of the initial loss on the way (a catapult into a flat region) or ends above 105 % of it, and is
+*slow* otherwise (the loss has not moved yet: the bracket climbs on, since a larger step may move it). The
+bracket stops climbing at the first run that diverges (a non-finite loss), collapses or scores worse than the
+step below it; the suggested step is the one with the lowest score among the runs that trained (the theory's
+step when none did). The first factor is the theory's step itself, so the bracket never suggests a step below
+it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from naggs_lightning._checks import all_finite
 from naggs_lightning.curvature import module_loss
 from naggs_lightning.lr.defaults import BRACKET_FACTORS, BRACKET_STEPS
 from naggs_lightning.lr.errors import LRError
-from naggs_lightning.lr.readings import COLLAPSED_SHARE, Bracket, BracketRun, Outcome
+from naggs_lightning.lr.readings import FELL_SHARE, ROSE_SHARE, STALLED_SHARE, Bracket, BracketRun, Outcome
 from naggs_lightning.lr.warmup import batch_to, cycle
 from naggs_lightning.optim import NAGGS
 
@@ -74,37 +78,42 @@ def bracket_step(
             initial = statistics.fmean(float(module_loss(model, b)) for b in data[: max(1, steps // 4)])
         runs: list[BracketRun] = []
         for factor in factors:
-            score = _short_run(copy.deepcopy(module).to(device), data, factor * alpha, mu, gamma, fixed_gamma)
-            outcome = _outcome(score, initial, runs)
-            runs.append(BracketRun(float(factor), float(factor * alpha), score, outcome))
-            if outcome != "trains":
+            quarters = _short_run(copy.deepcopy(module).to(device), data, factor * alpha, mu, gamma, fixed_gamma)
+            outcome = _outcome(quarters, initial, runs)
+            runs.append(BracketRun(float(factor), float(factor * alpha), quarters[-1], outcome))
+            if outcome not in ("trains", "slow"):
                 break
     return Bracket(tuple(runs), initial, steps, time.perf_counter() - start)
 
 
-def _short_run(model: nn.Module, data: list[Any], alpha: float, mu: float, gamma: float, fixed_gamma: bool) -> float:
-    """Mean training loss over the last quarter of a run through ``data`` (inf once the loss is not finite)."""
+def _short_run(
+    model: nn.Module, data: list[Any], alpha: float, mu: float, gamma: float, fixed_gamma: bool
+) -> list[float]:
+    """Mean training loss of each quarter of a run through ``data`` (the last is the score; ``[inf]`` once the
+    loss is not finite)."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = NAGGS(params, lr=alpha, mu=mu, gamma=gamma, fixed_gamma=fixed_gamma)
-    tail: list[float] = []
-    for k, batch in enumerate(data):
+    losses: list[float] = []
+    for batch in data:
         loss = module_loss(model, batch)
         if not all_finite(loss):
-            return math.inf
+            return [math.inf]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if k >= len(data) - max(1, len(data) // 4):
-            tail.append(loss.item())
-    return statistics.fmean(tail)
+        losses.append(loss.item())
+    size = len(losses) // 4
+    return [statistics.fmean(losses[j * size : (j + 1) * size if j < 3 else None]) for j in range(4)]
 
 
-def _outcome(score: float, initial: float, earlier: list[BracketRun]) -> Outcome:
+def _outcome(quarters: list[float], initial: float, earlier: list[BracketRun]) -> Outcome:
+    score = quarters[-1]
     if not math.isfinite(score):
         return "diverged"
-    if score >= COLLAPSED_SHARE * initial:
-        return "collapsed"
+    if score >= STALLED_SHARE * initial:
+        fell = min(quarters) < FELL_SHARE * initial
+        return "collapsed" if fell or score > ROSE_SHARE * initial else "slow"
     if earlier and score >= earlier[-1].score:
         return "no better"
     return "trains"

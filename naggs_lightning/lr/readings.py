@@ -116,11 +116,15 @@ class WarmupResult:
         )
 
 
-Outcome = Literal["trains", "no better", "collapsed", "diverged"]
+Outcome = Literal["trains", "no better", "slow", "collapsed", "diverged"]
 
-#: A score at or above this share of the initial loss is a run that did not train (a catapult into a flat
-#: region, or a loss stuck at the entropy of a uniform guess).
-COLLAPSED_SHARE = 0.98
+#: A score at or above this share of the initial loss is a run that did not train: a collapse (a catapult into
+#: a flat region, a loss back at the entropy of a uniform guess) if the loss fell below ``FELL_SHARE`` of the
+#: initial loss on the way or ends above ``ROSE_SHARE`` of it, else a slow start (a recurrent network at the
+#: theory's step: the loss has not moved yet in the run's steps, and a larger step may move it).
+STALLED_SHARE = 0.98
+FELL_SHARE = 0.9
+ROSE_SHARE = 1.05
 
 
 @dataclass(frozen=True)

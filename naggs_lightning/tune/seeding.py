@@ -112,7 +112,8 @@ def seeded_ratios(seed: TheorySeed, count: int, window: float) -> list[float]:
     """alpha / (theory's step) of the seeded trials: the bracket's best ``b``, then b/2, 2b, b/4, 4b, ...,
     skipping multiples at or past a short run that collapsed or diverged, within ``[1/window, window]``."""
     best = seed.alpha / seed.theory_step
-    failed = [r.factor for r in (seed.bracket.runs if seed.bracket else ()) if r.outcome in ("collapsed", "diverged")]
+    runs = seed.bracket.runs if seed.bracket else ()
+    failed = (r.factor for r in runs if r.outcome in ("collapsed", "diverged") and r.factor > best)
     ceiling = min(failed, default=math.inf)
     ratios: list[float] = []
     for j in range(4 * count):
