@@ -22,6 +22,7 @@ from naggs_lightning._lazy import lazy_exports
 _EXPORTS = {
     "NAGGS": "naggs_lightning.optim",
     "AccSGD": "naggs_lightning.optim",
+    "AdaNAGGS": "naggs_lightning.optim",
     "GammaMonitor": "naggs_lightning.callbacks",
     "SpectralStabilityMonitor": "naggs_lightning.callbacks",
     "StabilityWarning": "naggs_lightning.callbacks",
