@@ -36,21 +36,22 @@ is then an EMA of the gradient on the gradient's scale, as Adam's. Decoupled wei
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim import Optimizer
 
 from naggs_lightning.optim._common import (
     FOREACH_DOC,
     CheckedOptimizer,
     check_lr,
     check_reals,
-    default_foreach,
+    closure_loss,
     step_lr,
 )
-from naggs_lightning.optim.naggs import _check_fused, _fused_supported
+from naggs_lightning.optim.naggs import _FUSED_DTYPES, _check_fused
 
 __all__ = ["AdaNAGGS"]
 
@@ -121,8 +122,6 @@ class AdaNAGGS(CheckedOptimizer):
     """
     )
 
-    _state_key = "exp_avg"
-
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -176,12 +175,6 @@ class AdaNAGGS(CheckedOptimizer):
             # NAG-GS's fixed point (1 - beta') / c, where the kernel's b1 is NAG-GS's momentum beta'.
             group[_SCALE_KEY] = group["gamma"] * (1.0 + group["weight_decay"]) + group["mu"] * (1.0 + step_lr(lr))
 
-    def _init_state(self, p: Tensor) -> Tensor:
-        state = self.state[p]
-        state["step"] = torch.zeros((), dtype=torch.float32)
-        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return torch.zeros_like(p, memory_format=torch.preserve_format)
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         # torch moves "step" to the parameter's device for a group flagged fused; the count is read on
@@ -212,9 +205,83 @@ class AdaNAGGS(CheckedOptimizer):
     # ------------------------------------------------------------------------------------------------
     # the step
 
-    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]) -> None:
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one optimization step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss; called (with grad enabled) before the
+                update, as Lightning requires.
+        """
+        loss = closure_loss(closure)
+        for group in self.param_groups:
+            self._check_hyperparameters(group)  # a scheduler or the user may have changed the group since
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        # One pass over the parameters (one state lookup each), into buckets of one step count t, so that
+        # the bias corrections are a bucket's scalars. The parameters of a bucket share one read-only step
+        # tensor, replaced (never incremented in place) after the step: no per-parameter op on the counts.
+        buckets: dict[int, list[Any]] = {}
+        state = self.state
+        fresh = None
+        stepped = 0
+        for p in group["params"]:
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise RuntimeError(
+                    "AdaNAGGS does not support sparse gradients; use a dense gradient (e.g. sparse=False)"
+                )
+            s = state[p]
+            if not s:
+                if fresh is None:
+                    fresh = torch.zeros((), dtype=torch.float32)
+                s["step"] = fresh
+                s["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                s["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            step = s["step"]
+            b = buckets.get(id(step))
+            if b is None:
+                b = buckets[id(step)] = [step, [], [], [], [], []]
+            b[1].append(p)
+            b[2].append(g)
+            b[3].append(s["exp_avg"])
+            b[4].append(s["exp_avg_sq"])
+            b[5].append(s)
+            stepped += 1
+        if not stepped:
+            return  # a group with no gradient does not advance gamma
+        by_count: dict[float, list[Any]] = {}  # equal counts in distinct tensors (after a load) step together
+        for step, *lists in buckets.values():
+            t = float(step)
+            if t in by_count:
+                for mine, other in zip(by_count[t], lists):
+                    mine.extend(other)
+            else:
+                by_count[t] = lists
+
         lr = step_lr(group["lr"])
         mu, wd = group["mu"], group["weight_decay"]
+        tensor_lr = isinstance(lr, Tensor)
+        fused, foreach = group["fused"], group["foreach"]
+        # (device, dtype) runs, each with its path; every run is checked before anything moves
+        runs = []
+        for t, (xs, gs, ms, vs, states) in by_count.items():
+            grouped = Optimizer._group_tensors_by_device_and_dtype([xs, gs, ms, vs])
+            for (device, dtype), (tensors, _) in grouped.items():
+                supported = dtype in _FUSED_DTYPES.get(device.type, ())
+                if fused and not supported:
+                    _check_fused(tensors[0])
+                run_fused = bool(fused) or (
+                    fused is None and foreach is None and supported and not tensor_lr
+                    and not torch.compiler.is_compiling()
+                )
+                run_foreach = foreach if foreach is not None else device.type in ("cpu", "cuda")
+                runs.append((t, device, tensors, run_fused, run_foreach))
+
         if not group["fixed_gamma"]:
             group["gamma"] = (group["gamma"] + lr * mu) / (1.0 + lr)
         gamma = group["gamma"]
@@ -224,55 +291,28 @@ class AdaNAGGS(CheckedOptimizer):
         scale = group[_SCALE_KEY]
         new_scale = scale / (c * scale + momentum)
         group[_SCALE_KEY] = new_scale
-        if len(params) < len(group["params"]):
-            self._rescale_skipped(group, params, new_scale / scale)
+        if stepped < len(group["params"]):
+            self._rescale_skipped(group, new_scale / scale)
         coefs = _Coefficients(
             lr=lr, b1=1.0 - c * new_scale, xcoef=lr / new_scale, wd=wd, beta2=group["beta2"], eps=group["eps"]
         )
-
-        fused, foreach = group["fused"], group["foreach"]
-        if fused:
-            _check_fused(params)
-        if fused is None and foreach is None:
-            fused = (
-                not isinstance(group["lr"], Tensor)
-                and not torch.compiler.is_compiling()
-                and all(_fused_supported(p) for p in params)
-            )
-        if not fused and foreach is None:
-            foreach = default_foreach(params)
-
-        # Buckets of one device, dtype and step count t: the bias corrections are the bucket's scalars.
-        buckets: dict[tuple, tuple[list[Tensor], ...]] = {}
-        state = self.state
-        for p, g, m in zip(params, grads, bufs):
-            s = state[p]
-            step = s["step"]
-            key = (p.device, p.dtype, float(step))
-            b = buckets.get(key)
-            if b is None:
-                b = buckets[key] = ([], [], [], [], [])
-            b[0].append(p)
-            b[1].append(g)
-            b[2].append(m)
-            b[3].append(s["exp_avg_sq"])
-            b[4].append(step)
         maximize = group["maximize"]
-        for (device, _, t), (xs, gs, ms, vs, steps) in buckets.items():
-            torch._foreach_add_(steps, 1.0)
-            t += 1.0
-            if fused:
-                _fused_bucket(xs, gs, ms, vs, t, device, coefs, maximize)
-            elif foreach:
-                _foreach_bucket(xs, gs, ms, vs, t, coefs, maximize)
+        for t, device, (xs, gs, ms, vs), run_fused, run_foreach in runs:
+            if run_fused:
+                _fused_bucket(xs, gs, ms, vs, t + 1.0, device, coefs, maximize)
+            elif run_foreach:
+                _foreach_bucket(xs, gs, ms, vs, t + 1.0, coefs, maximize)
             else:
-                _single_bucket(xs, gs, ms, vs, t, coefs, maximize)
+                _single_bucket(xs, gs, ms, vs, t + 1.0, coefs, maximize)
+        for t, (*_, states) in by_count.items():
+            count = torch.full((), t + 1.0, dtype=torch.float32)
+            for s in states:
+                s["step"] = count
 
-    def _rescale_skipped(self, group: dict[str, Any], params: list[Tensor], ratio: float | Tensor) -> None:
+    def _rescale_skipped(self, group: dict[str, Any], ratio: float | Tensor) -> None:
         """Keep the velocity ``exp_avg / S`` of a parameter without a gradient unchanged as S moves."""
-        stepped = {id(p) for p in params}
         for p in group["params"]:
-            if id(p) not in stepped and "exp_avg" in self.state.get(p, {}):
+            if p.grad is None and "exp_avg" in self.state.get(p, {}):
                 self.state[p]["exp_avg"].mul_(ratio)
 
 
