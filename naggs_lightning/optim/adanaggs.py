@@ -108,7 +108,8 @@ class AdaNAGGS(CheckedOptimizer):
 
     State: per parameter ``exp_avg`` (the velocity times the group's scale: ``w = exp_avg / S``),
     ``exp_avg_sq`` (v) and ``step`` (a 0-d float32 CPU tensor, the parameter's own step count t, the
-    only key ``load_state_dict`` does not cast to the parameter's dtype); per param group ``gamma`` and
+    only key ``load_state_dict`` does not cast to the parameter's dtype; parameters with the same count
+    share one such tensor, which a step replaces rather than increments); per param group ``gamma`` and
     ``velocity_scale`` (S), kept in the group so ``state_dict`` saves them in full precision. A parameter
     whose ``.grad`` is None is skipped: its value, v, t and velocity stay (its ``exp_avg`` is rescaled if
     S moves, which leaves w unchanged). GradScaler unscales the gradients itself and skips ``step()`` on
