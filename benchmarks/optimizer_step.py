@@ -17,9 +17,15 @@ from collections.abc import Callable
 
 import torch
 
-from naggs_lightning import NAGGS
+from naggs_lightning import NAGGS, AdaNAGGS
 
 BYTES_PER_ELEMENT_TOUCHED = {"naggs": 5, "sgd": 5, "adamw": 7}
+
+#: AdaNAGGS against torch's AdamW, path for path (issue 22's target: <= 1.10x), timed interleaved.
+ADAPTIVE_PAIRS = {
+    "foreach": (lambda p: AdaNAGGS(p, lr=0.03, foreach=True), lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True)),
+    "fused": (lambda p: AdaNAGGS(p, lr=0.03, fused=True), lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True)),
+}
 
 
 def transformer_shapes(layers: int, d_model: int, vocab: int) -> list[tuple[int, ...]]:
@@ -74,6 +80,8 @@ def candidates() -> dict[str, tuple[str, Callable]]:
         "SGD-momentum foreach": ("sgd", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, foreach=True)),
         "AdamW foreach": ("adamw", lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True)),
         "AdamW fused": ("adamw", lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True)),
+        "AdaNAGGS foreach": ("adamw", lambda p: AdaNAGGS(p, lr=0.03, foreach=True)),
+        "AdaNAGGS fused": ("adamw", lambda p: AdaNAGGS(p, lr=0.03, fused=True)),
     }
 
 
@@ -92,6 +100,27 @@ def time_step(opt: torch.optim.Optimizer, device: str, warmup: int, repeats: int
     return 1e3 * statistics.median(times)
 
 
+def time_interleaved(
+    factories: dict[str, Callable], shapes, device: str, dtype: torch.dtype, warmup: int, repeats: int
+) -> dict[str, float]:
+    """Median milliseconds of opt.step() for each factory, the optimizers stepping in turn (one step of
+    each per round), so that a busy or throttling machine slows them alike."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    opts = {name: factory(make_params(shapes, device, dtype)) for name, factory in factories.items()}
+    for _ in range(warmup):
+        for opt in opts.values():
+            opt.step()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in opts}
+    for _ in range(repeats):
+        for name, opt in opts.items():
+            t0 = time.perf_counter()
+            opt.step()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -102,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--only", nargs="*", help="substrings of the candidate names to run")
+    parser.add_argument("--adaptive-only", action="store_true", help="only AdaNAGGS against AdamW, interleaved")
     args = parser.parse_args(argv)
 
     dtype = getattr(torch, args.dtype)
@@ -111,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {name}; torch {torch.__version__}; {len(shapes)} tensors, {numel / 1e6:.2f} M params, {args.dtype}")
     print(f"{'optimizer':<24}{'ms/step':>10}{'GB/s':>10}")
     results = {}
-    for label, (family, factory) in candidates().items():
+    candidates_ = {} if args.adaptive_only else candidates()
+    for label, (family, factory) in candidates_.items():
         if args.only and not any(s in label for s in args.only):
             continue
         params = make_params(shapes, args.device, dtype)
@@ -137,6 +168,17 @@ def main(argv: list[str] | None = None) -> None:
         ):
             if ours in results and theirs in results:
                 print(f"  {theirs} / {ours}: {results[theirs] / results[ours]:.2f}x")
+
+    print(f"AdaNAGGS / AdamW, timed interleaved ({args.repeats} rounds; target <= 1.10x):")
+    for path, (ours, theirs) in ADAPTIVE_PAIRS.items():
+        try:
+            ms = time_interleaved({"AdaNAGGS": ours, "AdamW": theirs}, shapes, args.device, dtype,
+                                  args.warmup, args.repeats)
+        except (RuntimeError, ValueError) as err:
+            print(f"  {path:<8} n/a   ({str(err).splitlines()[0][:60]})")
+            continue
+        print(f"  {path:<8} AdaNAGGS {ms['AdaNAGGS']:.3f} ms, AdamW {ms['AdamW']:.3f} ms: "
+              f"{ms['AdaNAGGS'] / ms['AdamW']:.3f}x")
 
 
 if __name__ == "__main__":

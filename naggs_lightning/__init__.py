@@ -2,7 +2,8 @@
 
 Public API:
 
-* :class:`NAGGS` (and the :class:`AccSGD` baseline): ``torch.optim.Optimizer`` classes.
+* :class:`NAGGS`, :class:`AdaNAGGS` (NAG-GS in Adam's diagonal metric) and the :class:`AccSGD` baseline:
+  ``torch.optim.Optimizer`` classes.
 * :mod:`naggs_lightning.theory`: closed forms (optimal and critical step, spectral radius, ...).
 * :mod:`naggs_lightning.curvature`: Hessian-vector products and top-eigenvalue estimates.
 * :class:`SpectralStabilityMonitor`: a Lightning callback that watches the iteration's stability.
@@ -22,6 +23,7 @@ from naggs_lightning._lazy import lazy_exports
 _EXPORTS = {
     "NAGGS": "naggs_lightning.optim",
     "AccSGD": "naggs_lightning.optim",
+    "AdaNAGGS": "naggs_lightning.optim",
     "GammaMonitor": "naggs_lightning.callbacks",
     "SpectralStabilityMonitor": "naggs_lightning.callbacks",
     "StabilityWarning": "naggs_lightning.callbacks",

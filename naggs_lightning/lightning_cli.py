@@ -2,7 +2,7 @@
 
 :func:`build_cli` makes :class:`NaggsCLI`: model and data chosen by ``class_path`` (``naggs_lightning.tasks.MLP``
 or the short ``MLP``; any importable LightningModule / LightningDataModule works), the optimizer from the
-``optimizer:`` section (``NAGGS``, ``AccSGD`` or any ``torch.optim`` class), the scheduler from
+``optimizer:`` section (``NAGGS``, ``AdaNAGGS``, ``AccSGD`` or any ``torch.optim`` class), the scheduler from
 ``lr_scheduler:`` (OneCycleLR and CyclicLR stepped per batch). Without an ``optimizer:`` section the model's own
 ``configure_optimizers`` is used. It sits below both commands, so neither imports the other.
 """
@@ -37,7 +37,7 @@ __all__ = [
 _PER_STEP_SCHEDULERS: tuple[type, ...] = (OneCycleLR, CyclicLR)
 
 _EPILOG = (
-    "Optimizer, scheduler and task arguments are listed per class: --optimizer.help NAGGS (or AccSGD, SGD, "
+    "Optimizer, scheduler and task arguments are listed per class: --optimizer.help NAGGS (or AdaNAGGS, AccSGD, SGD, "
     "AdamW), --lr_scheduler.help OneCycleLR, --model.help MLP, --data.help DigitsDataModule. OneCycleLR and "
     "CyclicLR step every batch and need cycle_momentum: false with NAGGS (it has no momentum key)."
 )

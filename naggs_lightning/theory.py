@@ -262,7 +262,7 @@ def classic_edge(lr: ArrayLike, momentum: ArrayLike = 0.0, nesterov: bool = Fals
     return _out(out, lr, momentum)
 
 
-_BATCH_RULES = ("naggs", "sgd", "adam")
+_BATCH_RULES = ("naggs", "sgd", "adam", "adanaggs")
 
 
 def scale_for_batch_size(
@@ -277,6 +277,25 @@ def scale_for_batch_size(
     * ``"sgd"``: ``lr -> k lr`` (the linear rule).
     * ``"adam"``: ``lr -> sqrt(k) lr``, ``1 - beta -> k (1 - beta)`` for each of ``betas``,
       ``eps -> eps / sqrt(k)`` (the square-root rule, Malladi et al. 2022).
+    * ``"adanaggs"`` (:class:`~naggs_lightning.AdaNAGGS`): ``lr -> k lr``, ``mu -> sqrt(k) mu``,
+      ``gamma -> sqrt(k) gamma``, ``1 - beta2 -> k (1 - beta2)``, ``eps -> eps / sqrt(k)``, epochs unchanged.
+
+      Derivation. In the noise-dominated regime the metric is set by the noise:
+      ``sqrt(v_hat) ~ sigma / sqrt(B)``, so the preconditioned gradient ``P^-1 g`` has O(1) noise and a mean
+      that grows as ``sqrt(B)`` (Malladi et al. 2022, the source of Adam's square-root rule). NAG-GS's SDE
+      (THEORY.md section 1) advances time ``alpha`` per step with drift ``-(1/gamma) P^-1 grad f`` and the
+      ``(mu/gamma)(x - v)`` coupling in v. ``k`` times fewer steps per epoch need ``alpha -> k alpha``; the
+      drift's ``sqrt(k)`` larger mean needs ``gamma -> sqrt(k) gamma``, and ``mu/gamma`` fixed needs
+      ``mu -> sqrt(k) mu``; the diffusion per unit time, ``alpha / gamma^2`` times the O(1) noise, is then
+      unchanged. The metric's EMA must average over the same number of samples per epoch: ``1 - beta2 -> k
+      (1 - beta2)``, and ``eps`` keeps its size relative to ``sqrt(v_hat) ~ 1/sqrt(B)``: ``eps / sqrt(k)``.
+      Cross-check with Adam's rule: AdaNAGGS is Adam-like with first-moment factor ``beta1 = beta =
+      gamma / ((1 + alpha)(gamma + alpha mu))`` and step ``alpha / (gamma + mu (1 + alpha))`` (the module
+      docstring of :mod:`naggs_lightning.optim.adanaggs`); to first order in alpha,
+      ``1 - beta = alpha (gamma + mu) / gamma -> k (1 - beta)`` and the step ``-> sqrt(k)`` times the step,
+      which is Adam's square-root rule for ``beta1`` and ``lr``. (Keeping mu and gamma, as NAG-GS's own rule
+      does, would scale ``1 - beta1`` by ``sqrt(k)`` only.) Like Adam's, the rule holds while the noise
+      dominates the gradient and ``beta2`` stays in [0, 1).
 
     Keys the rule does not touch are copied. Returns a new dict.
     """
@@ -291,6 +310,21 @@ def scale_for_batch_size(
     out = dict(hparams)
     if rule in ("naggs", "sgd"):
         out["lr"] = hparams["lr"] * k
+        return out
+    if rule == "adanaggs":
+        out["lr"] = hparams["lr"] * k
+        for name in ("mu", "gamma"):
+            if name in hparams:
+                out[name] = hparams[name] * math.sqrt(k)
+        if "beta2" in hparams:
+            beta2 = 1.0 - k * (1.0 - hparams["beta2"])
+            if not 0.0 <= beta2 < 1.0:
+                raise ValueError(
+                    f"the square-root rule gives beta2 {beta2} outside [0, 1) for k = {k:g}; the batch grew too much"
+                )
+            out["beta2"] = beta2
+        if "eps" in hparams:
+            out["eps"] = hparams["eps"] / math.sqrt(k)
         return out
     out["lr"] = hparams["lr"] * math.sqrt(k)
     if "betas" in hparams:

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from naggs_lightning.lightning_cli import build_cli
-from naggs_lightning.optim import NAGGS, AccSGD
+from naggs_lightning.optim import NAGGS, AccSGD, AdaNAGGS
 from naggs_lightning.tasks import MLP, DigitsDataModule, LogisticRegression
 
 QUIET = (
@@ -49,6 +49,21 @@ def test_short_optimizer_name_with_its_arguments(tmp_path):
     assert isinstance(optimizer, NAGGS)
     assert (optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["mu"]) == (0.7, 0.5)
     assert optimizer.param_groups[0]["gamma"] != 2.0  # gamma evolved towards mu over the steps
+    assert cli.trainer.global_step == 2
+
+
+def test_short_adanaggs_name_with_its_arguments(tmp_path):
+    cli = _fit(
+        tmp_path,
+        "--model MLP --data DigitsDataModule "
+        "--optimizer AdaNAGGS --optimizer.lr 0.05 --optimizer.mu 2.0 --optimizer.gamma 3.0 --optimizer.beta2 0.99",
+    )
+    optimizer = cli.trainer.optimizers[0]
+    assert isinstance(optimizer, AdaNAGGS)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["mu"], group["beta2"]) == (0.05, 2.0, 0.99)
+    assert 2.0 < group["gamma"] < 3.0  # gamma evolved towards mu over the steps
+    assert all(float(s["step"]) == 2 for s in optimizer.state.values())
     assert cli.trainer.global_step == 2
 
 

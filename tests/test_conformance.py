@@ -22,7 +22,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau, StepLR
 
 from naggs_lightning import NAGGS
-from naggs_lightning.optim import AccSGD
+from naggs_lightning.optim import AccSGD, AdaNAGGS
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,23 @@ ACCSGD_SPEC = OptimizerSpec(
     group_edits=(("lr", 0.01, -1.0), ("kappa", 500.0, -1.0), ("xi", 5.0, 0.0), ("small_const", 0.5, 2.0)),
 )
 
-SPECS = {"NAGGS": NAGGS_SPEC, "AccSGD": ACCSGD_SPEC}
+ADANAGGS_SPEC = OptimizerSpec(
+    cls=AdaNAGGS,
+    configs={
+        "mu_gamma_1": dict(lr=0.1, mu=1.0, gamma=1.0),
+        "evolving_gamma_wd": dict(lr=0.1, mu=0.1, gamma=2.0, weight_decay=0.01, beta2=0.99),
+        "fixed_gamma": dict(lr=0.5, mu=3.0, gamma=3.0, fixed_gamma=True, eps=1e-3),
+        "mu0_maximize": dict(lr=0.05, mu=0.0, gamma=1.0, maximize=True, beta2=0.9),
+        "tensor_lr": dict(lr=torch.tensor(0.3), mu=1.0, gamma=3.0, weight_decay=0.05),
+    },
+    impls={"single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)},
+    bad_values=(("lr", -0.1), ("mu", -1.0), ("gamma", 0.0), ("beta2", 1.0), ("beta2", -0.1),
+                ("eps", -1e-8), ("eps", float("inf")), ("weight_decay", -0.01)),
+    group_edits=(("lr", 0.02, -1.0), ("mu", 2.0, -5.0), ("gamma", 3.0, -1.0), ("beta2", 0.99, 1.5),
+                 ("eps", 1e-6, -1.0), ("weight_decay", 0.1, -0.1)),
+)
+
+SPECS = {"NAGGS": NAGGS_SPEC, "AccSGD": ACCSGD_SPEC, "AdaNAGGS": ADANAGGS_SPEC}
 CASES = [pytest.param(spec, name, id=f"{key}-{name}") for key, spec in SPECS.items() for name in spec.configs]
 IMPL_CASES = [
     pytest.param(spec, name, impl, id=f"{key}-{name}-{impl}")
@@ -299,7 +315,8 @@ def test_hyper_parameters_are_checked_before_params_is_read(spec, kwargs, needle
 
 @pytest.mark.parametrize(
     ("cls", "kwargs", "name"),
-    [(NAGGS, {"mu": -1.0}, "mu"), (NAGGS, {"gamma": 0.0}, "gamma"), (AccSGD, {"kappa": 0.0}, "kappa")],
+    [(NAGGS, {"mu": -1.0}, "mu"), (NAGGS, {"gamma": 0.0}, "gamma"), (AccSGD, {"kappa": 0.0}, "kappa"),
+     (AdaNAGGS, {"beta2": 1.0}, "beta2"), (AdaNAGGS, {"eps": float("nan")}, "eps"), (AdaNAGGS, {"mu": -1.0}, "mu")],
 )
 def test_each_optimizers_own_hyper_parameters_are_checked_before_params_is_read(cls, kwargs, name):
     with pytest.raises(ValueError, match=rf"\b{name} must be"):

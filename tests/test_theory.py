@@ -151,3 +151,58 @@ def test_tensor_and_array_inputs():
 def test_domain_errors_name_the_parameter(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_adanaggs_batch_rule_is_adams_square_root_rule_in_the_adam_picture():
+    """AdaNAGGS is Adam-like with beta1 = beta and step alpha / (gamma + mu (1 + alpha)); under the rule
+    both follow Adam's square-root rule to first order in alpha, and the metric's beta2 and eps follow it
+    exactly."""
+    hp = {"lr": 1e-4, "mu": 0.5, "gamma": 2.0, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.1}
+    for k in (2, 4, 16):
+        out = theory.scale_for_batch_size(hp, 64, 64 * k, rule="adanaggs")
+        assert out["lr"] == pytest.approx(k * hp["lr"])
+        assert out["mu"] / out["gamma"] == pytest.approx(hp["mu"] / hp["gamma"])
+        assert 1 - out["beta2"] == pytest.approx(k * (1 - hp["beta2"]))
+        assert out["eps"] == pytest.approx(hp["eps"] / math.sqrt(k))
+        assert out["weight_decay"] == hp["weight_decay"]
+
+        def adam_picture(h):
+            a, m, g = h["lr"], h["mu"], h["gamma"]
+            beta = g / ((1 + a) * (g + a * m))
+            return a / (g + m * (1 + a)), 1 - beta
+
+        step, one_minus_beta1 = adam_picture(hp)
+        new_step, new_one_minus_beta1 = adam_picture(out)
+        assert new_step == pytest.approx(math.sqrt(k) * step, rel=k * hp["lr"] * 2)
+        assert new_one_minus_beta1 == pytest.approx(k * one_minus_beta1, rel=k * hp["lr"] * 2)
+    with pytest.raises(ValueError, match="beta2"):
+        theory.scale_for_batch_size(hp, 1, 2000, rule="adanaggs")
+
+
+def test_adanaggs_batch_rule_keeps_the_stationary_loss_of_a_noisy_quadratic():
+    """Noise-dominated quadratic (started at the minimum; curvatures 0.1 to 10): the stationary loss at
+    batch kB with the rule's hyper-parameters matches the one at batch B, over the same number of epochs."""
+    import torch
+
+    from naggs_lightning import AdaNAGGS
+
+    n, steps = 4000, 1600
+    h = torch.logspace(-1, 1, n, dtype=torch.float64)
+
+    def stationary_loss(hp, batch, num_steps):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.nn.Parameter(torch.zeros(n, dtype=torch.float64))
+        opt = AdaNAGGS([x], **hp, foreach=True)
+        losses = []
+        for t in range(num_steps):
+            x.grad = h * x.detach() + torch.randn(n, generator=gen, dtype=torch.float64) / math.sqrt(batch)
+            opt.step()
+            if t >= num_steps // 2:
+                losses.append(float(0.5 * (h * x.detach() ** 2).mean()))
+        return sum(losses) / len(losses)
+
+    hp = {"lr": 0.02, "mu": 1.0, "gamma": 1.0, "beta2": 0.99, "eps": 1e-8}
+    base = stationary_loss(hp, 1, steps)
+    for k in (4, 8):
+        scaled = theory.scale_for_batch_size(hp, 1, k, rule="adanaggs")
+        assert stationary_loss(scaled, k, steps // k) == pytest.approx(base, rel=0.1)
