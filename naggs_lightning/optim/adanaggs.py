@@ -270,7 +270,7 @@ class AdaNAGGS(CheckedOptimizer):
         fused, foreach = group["fused"], group["foreach"]
         # (device, dtype) runs, each with its path; every run is checked before anything moves
         runs = []
-        for t, (xs, gs, ms, vs, states) in by_count.items():
+        for t, (xs, gs, ms, vs, _states) in by_count.items():
             grouped = Optimizer._group_tensors_by_device_and_dtype([xs, gs, ms, vs])
             for (device, dtype), (tensors, _) in grouped.items():
                 supported = dtype in _FUSED_DTYPES.get(device.type, ())
