@@ -185,25 +185,25 @@ def part_lr_find(models: list[Model], seeds: list[int]) -> dict[str, dict[str, f
 KS = (1, 3, 5, 8, 10, 20)
 
 
-def _config(model: Model) -> dict[str, Any]:
-    """The LightningCLI config naggs-tune trials: the panel model and data, NAGGS at its defaults."""
+def _config(model: Model, optimizer: str) -> dict[str, Any]:
+    """The LightningCLI config naggs-tune trials: the panel model and data, ``optimizer`` at its defaults."""
     return {
         "model": {"class_path": f"panel_models.{model.module}"},
         "data": {"class_path": f"panel_models.{model.data}"},
-        "optimizer": {"class_path": "naggs_lightning.NAGGS"},
+        "optimizer": {"class_path": f"naggs_lightning.{optimizer}"},
         "trainer": {"max_epochs": model.epochs, "accelerator": "cpu", "devices": 1, "num_sanity_val_steps": 0},
     }
 
 
-def _naggs_study(model: Model, sampler_seed: int, budget: int) -> list[tuple[float, bool]]:
-    """naggs-tune's study at its defaults: each trial's (last reported val_acc, seeded)."""
+def _naggs_study(model: Model, sampler_seed: int, budget: int, optimizer: str) -> list[tuple[float, bool]]:
+    """naggs-tune's study of ``optimizer`` at its defaults: each trial's (last reported val_acc, seeded)."""
     import optuna
 
     from naggs_lightning.tune import keys, run
 
     study = run(
-        _config(model), n_trials=budget, storage=None, sampler_seed=sampler_seed, verbose=False,
-        output_dir=Path("/tmp/panel-tune") / f"{model.name}-{sampler_seed}",
+        _config(model, optimizer), n_trials=budget, storage=None, sampler_seed=sampler_seed, verbose=False,
+        output_dir=Path("/tmp/panel-tune") / f"{optimizer}-{model.name}-{sampler_seed}",
     )
     out = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
@@ -214,7 +214,7 @@ def _naggs_study(model: Model, sampler_seed: int, budget: int) -> list[tuple[flo
     return out
 
 
-def _adamw_tpe_study(model: Model, sampler_seed: int, budget: int) -> list[tuple[float, bool]]:
+def _adamw_tpe_study(model: Model, sampler_seed: int, budget: int, optimizer: str) -> list[tuple[float, bool]]:
     """What a user writes without this package: TPE over AdamW's lr and weight decay, no pruning."""
     import optuna
 
@@ -229,14 +229,16 @@ def _adamw_tpe_study(model: Model, sampler_seed: int, budget: int) -> list[tuple
     return [(float(t.value), False) for t in study.trials]
 
 
-def _study(kind: str, model_name: str, sampler_seed: int, budget: int) -> tuple[str, str, int, list, float]:
+def _study(
+    kind: str, model_name: str, sampler_seed: int, budget: int, optimizer: str
+) -> tuple[str, str, int, list, float]:
     torch.set_num_threads(1)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     model = {**PANEL, **HELD_OUT}[model_name]
     start = time.perf_counter()
-    trials = (_naggs_study if kind == "naggs-tune" else _adamw_tpe_study)(model, sampler_seed, budget)
+    trials = (_naggs_study if kind == "naggs-tune" else _adamw_tpe_study)(model, sampler_seed, budget, optimizer)
     return kind, model_name, sampler_seed, trials, time.perf_counter() - start
 
 
@@ -244,8 +246,11 @@ def _best_after(trials: list[tuple[float, bool]], k: int) -> float:
     return max(v for v, _ in trials[:k])
 
 
-def part_tune(models: list[Model], seeds: list[int], budget: int, jobs: int) -> dict[str, Any]:
-    jobs_list = [(kind, m.name, s, budget) for m in models for kind in ("naggs-tune", "AdamW+TPE") for s in seeds]
+def part_tune(
+    models: list[Model], seeds: list[int], budget: int, jobs: int, optimizer: str, baseline: bool
+) -> dict[str, Any]:
+    kinds = ("naggs-tune", "AdamW+TPE") if baseline else ("naggs-tune",)
+    jobs_list = [(kind, m.name, s, budget, optimizer) for m in models for kind in kinds for s in seeds]
     done: dict[tuple[str, str], list[list[tuple[float, bool]]]] = {}
     seconds: dict[tuple[str, str], float] = {}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -257,7 +262,7 @@ def part_tune(models: list[Model], seeds: list[int], budget: int, jobs: int) -> 
     print(f"  {'model':<12} {'study':<11} " + " ".join(f"{'k=' + str(k):>6}" for k in ks) + "  near chance  s/study")
     for model in models:
         out[model.name] = {}
-        for kind in ("naggs-tune", "AdamW+TPE"):
+        for kind in kinds:
             runs = done[(kind, model.name)]
             medians = [statistics.median(_best_after(r, k) for r in runs) for k in ks]
             after_seed = [v for r in runs for v, seeded in r if not seeded] if kind == "naggs-tune" else []
@@ -279,6 +284,8 @@ def main() -> None:
     parser.add_argument("--optimizer-args", type=json.loads, default={}, help="NAGGS keyword arguments (JSON)")
     parser.add_argument("--budget", type=int, default=20, help="trials per study (tune)")
     parser.add_argument("--jobs", type=int, default=2, help="studies in parallel (tune)")
+    parser.add_argument("--tune-optimizer", default="NAGGS", choices=["NAGGS", "AdaNAGGS"], help="naggs-tune's (tune)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the AdamW+TPE studies (tune)")
     parser.add_argument("--out", type=Path, help="save the medians as JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -297,7 +304,9 @@ def main() -> None:
         results["lr_find"] = part_lr_find(models, seeds)
     if "tune" in args.parts:
         print(f"== tuned: best val_acc after k trials, median of {args.seeds} sampler seeds")
-        results["tune"] = part_tune(models, seeds, args.budget, args.jobs)
+        results["tune"] = part_tune(
+            models, seeds, args.budget, args.jobs, args.tune_optimizer, baseline=not args.no_baseline
+        )
     print(f"({time.perf_counter() - start:.0f} s)")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))

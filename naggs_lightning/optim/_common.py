@@ -53,6 +53,8 @@ class CheckedOptimizer(Optimizer):
         # torch's order: the hyper-parameters are checked before ``params`` is read, so a bad lr is reported
         # as such even when ``params`` is not a list of parameters (torch's generic error inputs pass None).
         check_lr(defaults["lr"])
+        if defaults.get("foreach") and defaults.get("fused"):
+            raise ValueError("foreach and fused are exclusive: set at most one of them to True")
         self._check_hyperparameters(dict(defaults))
         super().__init__(params, defaults)
 
@@ -83,10 +85,14 @@ class CheckedOptimizer(Optimizer):
         loss = closure_loss(closure)
         for group in self.param_groups:
             self._check_hyperparameters(group)  # a scheduler or the user may have changed the group since
-            params, grads, bufs = gather(self, group, self._state_key, self._init_state)
-            if params:
-                self._update(group, params, grads, bufs)
+            self._step_group(group)
         return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        """One group's update: gather its parameters that have a gradient with their buffers, then update them."""
+        params, grads, bufs = gather(self, group, self._state_key, self._init_state)
+        if params:
+            self._update(group, params, grads, bufs)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)

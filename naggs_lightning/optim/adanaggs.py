@@ -36,7 +36,7 @@ is then an EMA of the gradient on the gradient's scale, as Adam's. Decoupled wei
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -48,7 +48,6 @@ from naggs_lightning.optim._common import (
     CheckedOptimizer,
     check_lr,
     check_reals,
-    closure_loss,
     step_lr,
 )
 from naggs_lightning.optim.naggs import _FUSED_DTYPES, _check_fused
@@ -138,8 +137,6 @@ class AdaNAGGS(CheckedOptimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        if foreach and fused:
-            raise ValueError("foreach and fused are exclusive: set at most one of them to True")
         defaults = dict(
             lr=lr,
             mu=mu,
@@ -205,20 +202,6 @@ class AdaNAGGS(CheckedOptimizer):
 
     # ------------------------------------------------------------------------------------------------
     # the step
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Perform one optimization step.
-
-        Args:
-            closure: re-evaluates the model and returns the loss; called (with grad enabled) before the
-                update, as Lightning requires.
-        """
-        loss = closure_loss(closure)
-        for group in self.param_groups:
-            self._check_hyperparameters(group)  # a scheduler or the user may have changed the group since
-            self._step_group(group)
-        return loss
 
     def _step_group(self, group: dict[str, Any]) -> None:
         # One pass over the parameters (one state lookup each), into buckets of one step count t, so that

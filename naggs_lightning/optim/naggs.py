@@ -134,8 +134,6 @@ class NAGGS(CheckedOptimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        if foreach and fused:
-            raise ValueError("foreach and fused are exclusive: set at most one of them to True")
         defaults = dict(
             lr=lr,
             mu=mu,
