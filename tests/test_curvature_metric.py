@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from naggs_lightning import AdaNAGGS, NAGGS
+from naggs_lightning import NAGGS, AdaNAGGS
 from naggs_lightning.curvature import (
     HessianOperator,
     PreconditionedOperator,
@@ -59,7 +59,8 @@ def test_top_eigenvalue_of_the_preconditioned_operator_is_that_of_p_inverse_h():
     hessian = _exact_hessian(model, batch)
     gen = torch.Generator().manual_seed(1)
     n = hessian.shape[0]
-    p_diag = 1e-3 + torch.rand(n, generator=gen, dtype=torch.float64) * 10 ** torch.linspace(-2, 1, n, dtype=torch.float64)
+    spread = 10 ** torch.linspace(-2, 1, n, dtype=torch.float64)
+    p_diag = 1e-3 + torch.rand(n, generator=gen, dtype=torch.float64) * spread
     scale = p_diag.rsqrt()
     exact = torch.linalg.eigvalsh(scale[:, None] * hessian * scale[None, :])
     other = torch.linalg.eigvals(torch.diag(1 / p_diag) @ hessian).real  # the same spectrum
