@@ -11,8 +11,14 @@ Beneventano), and lambda_max of the full-batch Hessian. Part 3 trains the
 NAG-GS run at alpha 1.2 under the monitor (``warn``, then ``cap_lr``) in a real Lightning Trainer and prints
 the divergence warnings, the largest edge ratio and the smallest lr / asked-for lr over the run.
 
+``--adanaggs`` runs the same full-batch setting with AdaNAGGS (NAG-GS in the metric P = sqrt(v_hat) + eps,
+mu = gamma = 1) instead: the preconditioned sharpness lambda_max(P^-1/2 H P^-1/2), P the optimizer's own at each
+probe, against NAG-GS's edge lambda_stab(alpha) (THEORY.md 2d), then the run under the monitor (``warn``), which
+reads the same number.
+
     python benchmarks/edge_of_stability.py                 # 2000 steps per curve, 5000 under the monitor
     python benchmarks/edge_of_stability.py --out docs/data/edge_of_stability.json
+    python benchmarks/edge_of_stability.py --adanaggs --steps 1000 --monitored-steps 1000 --probe-every 50
 """
 
 from __future__ import annotations
@@ -30,12 +36,13 @@ from _trainer import quiet_trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from naggs_lightning import NAGGS, theory
+from naggs_lightning import NAGGS, AdaNAGGS, theory
 from naggs_lightning.callbacks import SpectralStabilityMonitor, StabilityWarning
-from naggs_lightning.curvature import estimate_batch_sharpness, estimate_top_eigenvalue
+from naggs_lightning.curvature import estimate_batch_sharpness, estimate_top_eigenvalue, optimizer_metric
 from naggs_lightning.tasks import DigitsDataModule
 
 NAGGS_ALPHAS = (0.6, 1.2, 2.4)
+ADANAGGS_ALPHAS = (0.01, 0.03)  # mu = gamma = 1; 0.03 is AdaNAGGS's default
 SGD_SETTINGS = ((0.5, 0.5), (0.3, 0.9))  # (eta, beta)
 BATCH_SIZES = (64, 256)
 
@@ -68,13 +75,15 @@ class TanhMLP(pl.LightningModule):
 
 
 def curve(make_optimizer, edge: float, batch, steps: int, every: int) -> dict:
-    """lambda_max / edge and the loss every ``every`` steps of full-batch training (plain loop)."""
+    """lambda_max / edge and the loss every ``every`` steps of full-batch training (plain loop); in the optimizer's
+    metric when it has one (AdaNAGGS: the preconditioned sharpness; P = 1 at step 0, before its first step)."""
     model = TanhMLP(make_optimizer)
     opt = model.configure_optimizers()
     rows = []
     for k in range(steps + 1):
         if k % every == 0:
-            lam = estimate_top_eigenvalue(model, [batch], tol=1e-3)
+            metric = optimizer_metric([opt], list(model.parameters()))
+            lam = estimate_top_eigenvalue(model, [batch], tol=1e-3, metric=metric)
             with torch.no_grad():
                 rows.append((k, lam / edge, float(model.compute_loss(batch))))
         opt.zero_grad()
@@ -134,8 +143,8 @@ class LrTrace(pl.Callback):
         self.lrs.append(float(optimizer.param_groups[0]["lr"]))
 
 
-def monitored(action: str, alpha: float, batch, steps: int, every: int) -> dict:
-    model = TanhMLP(lambda p: NAGGS(p, lr=alpha, mu=1.0, gamma=1.0))
+def monitored(action: str, alpha: float, batch, steps: int, every: int, optimizer=NAGGS) -> dict:
+    model = TanhMLP(lambda p: optimizer(p, lr=alpha, mu=1.0, gamma=1.0))
     monitor, trace = SpectralStabilityMonitor(every_n_steps=every, on_unstable=action), LrTrace()
     loader = DataLoader(TensorDataset(*batch), batch_size=len(batch[0]))
     trainer = quiet_trainer(max_steps=steps, callbacks=[trace, monitor])
@@ -143,7 +152,10 @@ def monitored(action: str, alpha: float, batch, steps: int, every: int) -> dict:
         warnings.simplefilter("always", StabilityWarning)
         trainer.fit(model, loader)
     ratios = [h["edge_ratio"] for h in monitor.history]
+    late = [h["edge_ratio"] for h in monitor.history if h["step"] >= steps // 2]
     return {
+        "plateau": statistics.median(late),
+        "late_range": [min(late), max(late)],
         "warnings": sum(issubclass(w.category, StabilityWarning) for w in record),
         "max_ratio": max(ratios),
         "loss": [monitor.history[0]["loss"], monitor.history[-1]["loss"]],
@@ -159,11 +171,15 @@ def main() -> None:
     parser.add_argument("--monitored-steps", type=int, default=5000, help="steps under the monitor (part 2)")
     parser.add_argument("--probe-every", type=int, default=100)
     parser.add_argument("--out", type=Path, default=None, help="write the curves as JSON (the docs figure's data)")
+    parser.add_argument("--adanaggs", action="store_true", help="the AdaNAGGS runs (in its metric) only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
     batch = full_batch()
+    if args.adanaggs:
+        adaptive(batch, args)
+        return
     curves = {}
     print(f"full batch of {len(batch[0])} digits, tanh MLP 64-100-100-10, MSE; {args.steps} steps per run")
     print(f"{'optimizer':<28} {'edge':>7} {'ratio @0':>9} {'plateau':>8} {'late range':>13} {'loss 0 -> end':>17}")
@@ -210,6 +226,30 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"curves": curves, "minibatch": minibatch, "monitored": summary}, indent=1))
         print(f"\nwrote {args.out}")
+
+
+def adaptive(batch, args: argparse.Namespace) -> None:
+    """AdaNAGGS full batch: the preconditioned sharpness against lambda_stab(alpha), then under the monitor."""
+    print(
+        f"full batch of {len(batch[0])} digits, tanh MLP 64-100-100-10, MSE; AdaNAGGS mu = gamma = 1, {args.steps} "
+        f"steps; lambda_max in the optimizer's metric, lambda_max(P^-1/2 H P^-1/2), over lambda_stab(alpha)"
+    )
+    print(f"{'optimizer':<28} {'edge':>8} {'plateau':>8} {'late range':>13} {'loss 0 -> end':>17}")
+    for alpha in ADANAGGS_ALPHAS:
+        edge = theory.lambda_stab(alpha, 1.0, 1.0)
+        c = curve(lambda p, a=alpha: AdaNAGGS(p, lr=a, mu=1.0, gamma=1.0), edge, batch, args.steps, args.probe_every)
+        print(
+            f"{f'AdaNAGGS alpha={alpha:g}':<28} {edge:>8.1f} {c['plateau']:>8.3f} "
+            f"{c['late_range'][0]:>6.3f}-{c['late_range'][1]:<6.3f} {c['loss'][0]:>8.4f} -> {c['loss'][-1]:<7.4f}"
+        )
+    alpha = ADANAGGS_ALPHAS[-1]
+    m = monitored("warn", alpha, batch, args.monitored_steps, args.probe_every, optimizer=AdaNAGGS)
+    print(
+        f"SpectralStabilityMonitor(every_n_steps={args.probe_every}, warn) on AdaNAGGS alpha={alpha:g}: divergence "
+        f"warnings {m['warnings']}, edge ratio (preconditioned lambda_max / lambda_stab) median {m['plateau']:.3f} "
+        f"over the second half (range {m['late_range'][0]:.3f}-{m['late_range'][1]:.3f}, max {m['max_ratio']:.3f}), "
+        f"loss {m['loss'][0]:.4f} -> {m['loss'][1]:.4f} over {m['steps']} steps ({m['probes']} probes)"
+    )
 
 
 if __name__ == "__main__":

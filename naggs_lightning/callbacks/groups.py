@@ -1,7 +1,11 @@
 r"""The stability edge of each optimizer param group, from :mod:`naggs_lightning.theory`.
 
 * NAG-GS (a group with ``mu`` and ``gamma``): :math:`\lambda_{stab}(\alpha)` at the group's lr, mu and gamma;
-  its stable limit is :math:`\alpha_{crit}` of the curvature.
+  its stable limit is :math:`\alpha_{crit}` of the curvature. The same holds, unchanged, for
+  :class:`~naggs_lightning.AdaNAGGS` (NAG-GS in a diagonal metric P), read against the *preconditioned*
+  sharpness :math:`\lambda_{\max}(P^{-1/2} H P^{-1/2})` (THEORY.md 2d): the curvature passed to
+  :func:`group_stability` is the one in the optimizer's metric (:func:`in_metric` says which), and the
+  monitor measures it there.
 * ``torch.optim.SGD``: the classic edge :math:`2(1 + \beta)/\eta` (Nesterov :math:`(2 + 2\beta)/((1 + 2\beta)\eta)`,
   :math:`\eta` the lr times ``1 - dampening``), read against :math:`\lambda_{max}` plus the L2
   ``weight_decay`` (which shifts every curvature).
@@ -19,9 +23,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from naggs_lightning import theory
+from naggs_lightning.curvature import has_metric
 from naggs_lightning.optim import is_naggs
 
-__all__ = ["GroupStability", "curvature_edge", "group_stability", "param_groups", "trained_params"]
+__all__ = ["GroupStability", "curvature_edge", "group_stability", "in_metric", "param_groups", "trained_params"]
 
 
 class GroupStability(NamedTuple):
@@ -34,14 +39,34 @@ class GroupStability(NamedTuple):
     optimizer: Optimizer
     group: dict[str, Any]
     edge: float
-    """The largest stable curvature at the group's lr, read on lambda_max (inf: no edge)."""
+    """The largest stable curvature at the group's lr, read on lambda_max in the optimizer's metric (inf: no edge)."""
     limit: float
     """The largest stable lr at the measured curvature (inf: none)."""
     metrics: dict[str, float]
 
 
+def in_metric(optimizers: list[Optimizer]) -> bool:
+    """Whether the edges of ``optimizers`` are read on the preconditioned sharpness (every one of them runs in a
+    metric of its own, as AdaNAGGS) rather than on the Hessian's.
+
+    Raises:
+        ValueError: some optimizers run in a metric and others do not: one curvature cannot be read against
+            both (a group's edge in the metric bounds :math:`P^{-1/2} H P^{-1/2}`, another's bounds H).
+    """
+    kinds = {has_metric(opt) for opt in optimizers}
+    if len(kinds) > 1:
+        names = ", ".join(f"{type(opt).__name__} ({'metric' if has_metric(opt) else 'plain'})" for opt in optimizers)
+        raise ValueError(
+            f"the optimizers mix a metric of their own with plain steps ({names}): their edges bound different "
+            "curvatures (the preconditioned and the plain Hessian); monitor a run with one kind only"
+        )
+    return kinds == {True}
+
+
 def curvature_edge(opt: Optimizer, group: Mapping[str, Any], lr: float) -> float:
-    """The largest stable lambda_max for this group at step ``lr`` (inf where the optimizer has no edge)."""
+    """The largest stable curvature for this group at step ``lr`` (inf where the optimizer has no edge): for a
+    NAG-GS group (NAGGS, or AdaNAGGS in its metric) :math:`\lambda_{stab}(\alpha)`, the same closed form either
+    way; for AdaNAGGS it bounds the preconditioned sharpness."""
     if is_naggs(group):
         return theory.lambda_stab(lr, float(group["mu"]), float(group["gamma"]))
     if isinstance(opt, torch.optim.SGD):
@@ -53,7 +78,8 @@ def curvature_edge(opt: Optimizer, group: Mapping[str, Any], lr: float) -> float
 
 
 def group_stability(key: str, suffix: str, opt: Optimizer, group: dict[str, Any], lam: float) -> GroupStability:
-    """The logged metrics, edge and stable limit of one group at curvature ``lam``."""
+    """The logged metrics, edge and stable limit of one group at curvature ``lam``, measured in the optimizer's
+    metric (:func:`in_metric`: the preconditioned sharpness for AdaNAGGS, the plain one otherwise)."""
     lr = float(group["lr"])
     edge = curvature_edge(opt, group, lr)
     metrics: dict[str, float] = {"lr": lr}

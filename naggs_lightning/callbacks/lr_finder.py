@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.parsing import lightning_hasattr, lightning_set
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from naggs_lightning.lr.defaults import BRACKET_STEPS, CURVATURE_BATCHES, WARMUP_STEPS
-from naggs_lightning.lr.measure import measured_seed
+from naggs_lightning.lr.measure import NaggsHyperparameters, hyperparameters_of, measured_seed
 from naggs_lightning.lr.seed import TheorySeed
 from naggs_lightning.optim import is_naggs
 
@@ -83,13 +83,14 @@ class TheoryLRFinder(Callback):
 
     def lr_find(self, trainer: Trainer, pl_module: LightningModule) -> TheorySeed:
         """Measure, compute the step, apply it; returns the :class:`~naggs_lightning.lr.seed.TheorySeed`."""
-        mu, gamma, fixed_gamma = _hyperparameters_of(trainer)
+        hyper = _hyperparameters_of(trainer)
         seed = measured_seed(
             pl_module,
             _TrainerBatches(trainer),
-            mu,
-            gamma,
-            fixed_gamma=fixed_gamma,
+            hyper.mu,
+            hyper.gamma,
+            fixed_gamma=hyper.fixed_gamma,
+            optimizer=hyper.kind,
             safety=self.safety,
             warmup_steps=self.warmup_steps,
             curvature_batches=self.curvature_batches,
@@ -117,8 +118,7 @@ class TheoryLRFinder(Callback):
         self.lr_find(trainer, pl_module)
 
 
-def _hyperparameters_of(trainer: Trainer) -> tuple[float, float, bool]:
+def _hyperparameters_of(trainer: Trainer) -> NaggsHyperparameters:
     for opt in filter(is_naggs, trainer.optimizers):
-        group = next(g for g in opt.param_groups if is_naggs(g))
-        return float(group["mu"]), float(group["gamma"]), bool(group.get("fixed_gamma", False))
+        return hyperparameters_of(opt)
     raise ValueError("TheoryLRFinder: no NAGGS optimizer (no parameter group with mu and gamma) in the trainer")

@@ -22,13 +22,13 @@ from naggs_lightning.callbacks import report
 from naggs_lightning.callbacks.collapse import CollapseDetector
 from naggs_lightning.callbacks.detector import Decision, Detector, Observation
 from naggs_lightning.callbacks.edge import EdgeOfStabilityDetector
-from naggs_lightning.callbacks.groups import group_stability, param_groups, trained_params
+from naggs_lightning.callbacks.groups import group_stability, in_metric, param_groups, trained_params
 from naggs_lightning.callbacks.lr_cap import LrCap
 from naggs_lightning.callbacks.non_finite import NonFiniteLossDetector
 from naggs_lightning.callbacks.oscillation import OscillationDetector
 from naggs_lightning.callbacks.schedule import ProbeSchedule
 from naggs_lightning.callbacks.spike import SpikeDetector
-from naggs_lightning.curvature import Algorithm, Method, NonFiniteCurvatureError, probe_batch
+from naggs_lightning.curvature import Algorithm, Method, NonFiniteCurvatureError, optimizer_metric, probe_batch
 
 __all__ = ["SpectralStabilityMonitor", "default_detectors"]
 
@@ -54,7 +54,12 @@ class SpectralStabilityMonitor(Callback):
     :func:`naggs_lightning.curvature.probe_batch` (side-effect free): :math:`\lambda_{max}` of the loss's
     Hessian (warm-started Lanczos), the batch sharpness (logged for comparison) and the loss after the step. Each
     param group's edge comes from :mod:`naggs_lightning.callbacks.groups` (NAG-GS :math:`\lambda_{stab}(\alpha)`,
-    SGD :math:`2(1+\beta)/\eta`). What it means is decided by a list of detectors
+    SGD :math:`2(1+\beta)/\eta`). For :class:`~naggs_lightning.AdaNAGGS` everything is read in the optimizer's
+    metric P (THEORY.md 2d): :math:`\lambda_{max}` is the preconditioned sharpness, the top eigenvalue of
+    :math:`P^{-1/2} H P^{-1/2}` with P the optimizer's own (``AdaNAGGS.metric``), the batch sharpness is taken
+    along :math:`P^{-1/2} g`, and the edge is NAG-GS's :math:`\lambda_{stab}(\alpha)`; a parameter without a
+    metric yet reads P = 1. A trainer whose optimizers mix a metric with plain steps is refused at the start of
+    training (:func:`~naggs_lightning.callbacks.groups.in_metric`). What it means is decided by a list of detectors
     (:mod:`naggs_lightning.callbacks.detector`), by default (:func:`default_detectors`):
 
     * :class:`~naggs_lightning.callbacks.NonFiniteLossDetector`: a NaN or inf loss, checked every batch.
@@ -160,6 +165,10 @@ class SpectralStabilityMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        try:
+            in_metric(trainer.optimizers)
+        except ValueError as err:
+            raise MisconfigurationException(f"SpectralStabilityMonitor: {err}") from err
         self._last_step = trainer.global_step
 
     @override
@@ -262,9 +271,17 @@ class SpectralStabilityMonitor(Callback):
         if not params:
             return
         sync, step = trainer.world_size > 1, obs.step
+        metric = optimizer_metric(trainer.optimizers, params)  # None: the plain Hessian
         try:
             probe = probe_batch(
-                pl_module, batch, params=params, method=self.method, sync=sync, init=self._vector, **self.solver
+                pl_module,
+                batch,
+                params=params,
+                method=self.method,
+                sync=sync,
+                init=self._vector,
+                metric=metric,
+                **self.solver,
             )
         except NonFiniteCurvatureError as err:
             obs.error = str(err)
@@ -297,6 +314,7 @@ class SpectralStabilityMonitor(Callback):
             "lambda_max": lam,
             "batch_sharpness": probe.batch_sharpness,
             "edge_ratio": obs.edge_ratio,
+            "in_metric": metric is not None,
         }
         record.update(loss=loss, **obs.notes, hvps=probe.eigen.n_matvecs, converged=probe.eigen.converged)
         record["unstable"] = diverging

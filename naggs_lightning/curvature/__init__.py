@@ -11,6 +11,8 @@ The package follows an operator / algorithm split:
   (exact double backward or finite differences), and the :class:`LinearOperator` interface.
 * :mod:`~naggs_lightning.curvature.eigen`: Lanczos and power iteration (:func:`extreme_eigenpair`), the
   Rayleigh quotient and Hutchinson's trace, written against :class:`LinearOperator` only.
+* :mod:`~naggs_lightning.curvature.metric`: :class:`PreconditionedOperator`, :math:`P^{-1/2} H P^{-1/2}` for an
+  optimizer's diagonal metric P (AdaNAGGS; :func:`optimizer_metric` reads P), on which the same solvers run.
 * :mod:`~naggs_lightning.curvature.estimates`: one-call estimates for a loss and its parameters.
 * :mod:`~naggs_lightning.curvature.probe`: probing a module that is being trained without disturbing
   the run (:func:`module_hessian`, :func:`estimate_top_eigenvalue`, :func:`estimate_batch_sharpness`), and
@@ -29,12 +31,14 @@ from naggs_lightning.curvature.eigen import (
     rayleigh_quotient,
 )
 from naggs_lightning.curvature.estimates import bottom_eigenvalue, hutchinson_trace, top_eigenvalue
+from naggs_lightning.curvature.metric import PreconditionedOperator, has_metric, optimizer_metric
 from naggs_lightning.curvature.operator import HessianOperator, LinearOperator, Method, NonFiniteCurvatureError, hvp
 from naggs_lightning.curvature.probe import (
     BatchProbe,
     estimate_batch_sharpness,
     estimate_bottom_eigenvalue,
     estimate_top_eigenvalue,
+    in_metric,
     module_hessian,
     module_loss,
     probe_batch,
@@ -48,17 +52,21 @@ __all__ = [
     "LinearOperator",
     "Method",
     "NonFiniteCurvatureError",
+    "PreconditionedOperator",
     "Which",
     "bottom_eigenvalue",
     "estimate_batch_sharpness",
     "estimate_bottom_eigenvalue",
     "estimate_top_eigenvalue",
     "extreme_eigenpair",
+    "has_metric",
     "hutchinson",
     "hutchinson_trace",
     "hvp",
+    "in_metric",
     "module_hessian",
     "module_loss",
+    "optimizer_metric",
     "probe_batch",
     "rayleigh_quotient",
     "top_eigenvalue",

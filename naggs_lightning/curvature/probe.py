@@ -20,13 +20,15 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from naggs_lightning.curvature.eigen import Algorithm, EigenResult, extreme_eigenpair, rayleigh_quotient
-from naggs_lightning.curvature.operator import HessianOperator, Method
+from naggs_lightning.curvature.metric import PreconditionedOperator
+from naggs_lightning.curvature.operator import HessianOperator, LinearOperator, Method
 
 __all__ = [
     "BatchProbe",
     "estimate_batch_sharpness",
     "estimate_bottom_eigenvalue",
     "estimate_top_eigenvalue",
+    "in_metric",
     "module_hessian",
     "module_loss",
     "probe_batch",
@@ -169,17 +171,20 @@ def estimate_top_eigenvalue(
     algorithm: Algorithm = "lanczos",
     params: Iterable[Tensor] | None = None,
     sync: bool | None = None,
+    metric: Sequence[Tensor] | None = None,
 ) -> float:
     r"""The top eigenvalue :math:`\lambda_{max}` of a module's training-loss Hessian, averaged over ``batches``.
 
     Side-effect free for the training run (see :func:`module_hessian`). Under ``torch.distributed``
     every rank must call it with its own batches; the products are averaged, so every rank returns the
     same number. Feed the result to :func:`naggs_lightning.theory.alpha_opt` /
-    :func:`~naggs_lightning.theory.alpha_crit` to choose a step.
+    :func:`~naggs_lightning.theory.alpha_crit` to choose a step. With ``metric`` (the diagonal of P, one
+    tensor per parameter of the Hessian, e.g. from :func:`~naggs_lightning.curvature.optimizer_metric`) it is
+    the preconditioned sharpness, the top eigenvalue of :math:`P^{-1/2} H P^{-1/2}`.
     """
     with module_hessian(module, batches, params=params, method=method, sync=sync) as op:
         return extreme_eigenpair(
-            op, which="largest", max_iter=max_iter, tol=tol, init=init, algorithm=algorithm
+            in_metric(op, metric), which="largest", max_iter=max_iter, tol=tol, init=init, algorithm=algorithm
         ).eigenvalue
 
 
@@ -220,6 +225,11 @@ def estimate_batch_sharpness(
         return rayleigh_quotient(op, op.gradient())
 
 
+def in_metric(op: HessianOperator, metric: Sequence[Tensor] | None) -> LinearOperator | PreconditionedOperator:
+    """``op`` itself, or with ``metric`` (one tensor per parameter of ``op``) its preconditioned operator."""
+    return op if metric is None else PreconditionedOperator(op, op.flatten(list(metric)))
+
+
 class BatchProbe(NamedTuple):
     """What one probe of a training batch measures (see :func:`probe_batch`)."""
 
@@ -239,14 +249,18 @@ def probe_batch(
     method: Method = "exact",
     sync: bool | None = None,
     init: Tensor | None = None,
+    metric: Sequence[Tensor] | None = None,
     **solver: Any,
 ) -> BatchProbe:
     """Top eigenpair, batch sharpness and loss of one batch from one Hessian graph (what the monitor reads).
 
     ``init`` warm-starts the eigen-solver (ignored if its size does not match); ``solver`` goes to
-    :func:`~naggs_lightning.curvature.extreme_eigenpair`. Side-effect free like :func:`module_hessian`.
+    :func:`~naggs_lightning.curvature.extreme_eigenpair`. With ``metric`` (the diagonal of P, one tensor per
+    parameter) all three are read in the metric: the eigenpair of :math:`P^{-1/2} H P^{-1/2}` and the batch
+    sharpness along :math:`P^{-1/2} g`. Side-effect free like :func:`module_hessian`.
     """
-    with module_hessian(module, [batch], params=params, method=method, sync=sync) as op:
+    with module_hessian(module, [batch], params=params, method=method, sync=sync) as hessian:
+        op = in_metric(hessian, metric)
         init = init if init is not None and init.numel() == op.numel else None
         eigen = extreme_eigenpair(op, which="largest", init=init, **solver)
         gradient = op.gradient()

@@ -1,7 +1,9 @@
 """The theory's NAG-GS step for a model, without Optuna: the warm-up that measures the curvature a run
 will meet (:mod:`~naggs_lightning.lr.warmup`, its record in :mod:`~naggs_lightning.lr.readings`), the seed
 computed from it (:mod:`~naggs_lightning.lr.seed`), the short runs above it that find where the model trains
-best (:mod:`~naggs_lightning.lr.bracket`), all applied to a Lightning model (:mod:`~naggs_lightning.lr.measure`),
+best (:mod:`~naggs_lightning.lr.bracket`), all applied to a Lightning model (:mod:`~naggs_lightning.lr.measure`)
+with the model's own NAG-GS optimizer class (:mod:`~naggs_lightning.lr.optimizer`: NAGGS, or AdaNAGGS in its
+metric),
 and :func:`suggest_lr` (:mod:`~naggs_lightning.lr.suggest`), the one call a user makes. Defaults in
 :mod:`~naggs_lightning.lr.defaults`, errors :class:`LRError`.
 
@@ -30,6 +32,9 @@ _EXPORTS = {
     "measure_curvature": "naggs_lightning.lr.measure",
     "measured_seed": "naggs_lightning.lr.measure",
     "naggs_hyperparameters": "naggs_lightning.lr.measure",
+    "hyperparameters_of": "naggs_lightning.lr.measure",
+    "NaggsHyperparameters": "naggs_lightning.lr.measure",
+    "OptimizerKind": "naggs_lightning.lr.optimizer",
     "suggest_lr": "naggs_lightning.lr.suggest",
 }
 

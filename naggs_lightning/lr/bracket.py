@@ -35,9 +35,9 @@ from naggs_lightning._checks import all_finite
 from naggs_lightning.curvature import module_loss
 from naggs_lightning.lr.defaults import BRACKET_FACTORS, BRACKET_STEPS
 from naggs_lightning.lr.errors import LRError
+from naggs_lightning.lr.optimizer import NAGGS_KIND, OptimizerKind
 from naggs_lightning.lr.readings import FELL_SHARE, ROSE_SHARE, STALLED_SHARE, Bracket, BracketRun, Outcome
 from naggs_lightning.lr.warmup import batch_to, cycle
-from naggs_lightning.optim import NAGGS
 
 __all__ = ["bracket_step"]
 
@@ -52,6 +52,7 @@ def bracket_step(
     factors: Sequence[float] = BRACKET_FACTORS,
     steps: int = BRACKET_STEPS,
     device: torch.device | str = "cpu",
+    optimizer: OptimizerKind = NAGGS_KIND,
 ) -> Bracket:
     """Short NAG-GS runs of copies of ``module`` at ``factors`` times ``alpha``; see the module docstring.
 
@@ -63,6 +64,7 @@ def bracket_step(
         factors: multiples of ``alpha`` to try, increasing, the first >= 1.
         steps: steps of each run, >= 4.
         device: where the copies train.
+        optimizer: the NAG-GS optimizer class the runs train with (the model's own: NAGGS or AdaNAGGS).
     """
     if not (math.isfinite(alpha) and alpha > 0.0):
         raise LRError(f"the bracket needs the seed alpha > 0, got {alpha}")
@@ -78,7 +80,8 @@ def bracket_step(
             initial = statistics.fmean(float(module_loss(model, b)) for b in data[: max(1, steps // 4)])
         runs: list[BracketRun] = []
         for factor in factors:
-            quarters = _short_run(copy.deepcopy(module).to(device), data, factor * alpha, mu, gamma, fixed_gamma)
+            model = copy.deepcopy(module).to(device)
+            quarters = _short_run(model, data, optimizer, factor * alpha, mu, gamma, fixed_gamma)
             outcome = _outcome(quarters, initial, runs)
             runs.append(BracketRun(float(factor), float(factor * alpha), quarters[-1], outcome))
             if outcome not in ("trains", "slow"):
@@ -87,13 +90,13 @@ def bracket_step(
 
 
 def _short_run(
-    model: nn.Module, data: list[Any], alpha: float, mu: float, gamma: float, fixed_gamma: bool
+    model: nn.Module, data: list[Any], kind: OptimizerKind, alpha: float, mu: float, gamma: float, fixed_gamma: bool
 ) -> list[float]:
     """Mean training loss of each quarter of a run through ``data`` (the last is the score; ``[inf]`` once the
     loss is not finite)."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = NAGGS(params, lr=alpha, mu=mu, gamma=gamma, fixed_gamma=fixed_gamma)
+    optimizer = kind.build(params, lr=alpha, mu=mu, gamma=gamma, fixed_gamma=fixed_gamma)
     losses: list[float] = []
     for batch in data:
         loss = module_loss(model, batch)

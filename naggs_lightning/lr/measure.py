@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -16,16 +16,38 @@ from torch.optim import Optimizer
 from naggs_lightning.lr.bracket import bracket_step
 from naggs_lightning.lr.defaults import CURVATURE_BATCHES, WARMUP_STEPS
 from naggs_lightning.lr.errors import LRError
+from naggs_lightning.lr.optimizer import NAGGS_KIND, OptimizerKind
 from naggs_lightning.lr.readings import WarmupResult
 from naggs_lightning.lr.seed import TheorySeed, warmed_up_seed
 from naggs_lightning.lr.warmup import warm_up_curvature
 from naggs_lightning.optim import is_naggs
 
-__all__ = ["measure_curvature", "measured_seed", "naggs_hyperparameters"]
+__all__ = ["NaggsHyperparameters", "hyperparameters_of", "measure_curvature", "measured_seed", "naggs_hyperparameters"]
 
 
-def naggs_hyperparameters(module: LightningModule) -> tuple[float, float, bool] | None:
-    """``(mu, gamma, fixed_gamma)`` of the NAG-GS optimizer ``module.configure_optimizers()`` returns, or ``None``.
+class NaggsHyperparameters(NamedTuple):
+    """What the seed reads of a NAG-GS optimizer: its mu, gamma, fixed_gamma, and its kind (class and metric)."""
+
+    mu: float
+    gamma: float
+    fixed_gamma: bool
+    kind: OptimizerKind = NAGGS_KIND
+
+
+def hyperparameters_of(optimizer: Optimizer) -> NaggsHyperparameters:
+    """The hyper-parameters of ``optimizer``'s first NAG-GS param group (``optimizer`` must be NAG-GS)."""
+    group = next(g for g in optimizer.param_groups if is_naggs(g))
+    return NaggsHyperparameters(
+        float(group["mu"]),
+        float(group["gamma"]),
+        bool(group.get("fixed_gamma", False)),
+        OptimizerKind.of(optimizer, group),
+    )
+
+
+def naggs_hyperparameters(module: LightningModule) -> NaggsHyperparameters | None:
+    """The hyper-parameters of the NAG-GS optimizer (NAGGS or AdaNAGGS) ``module.configure_optimizers()``
+    returns, or ``None``.
 
     Reading the optimizer itself (rather than the config) covers both the LightningCLI path, where the
     CLI injects ``configure_optimizers``, and modules that build their own optimizer.
@@ -41,8 +63,7 @@ def naggs_hyperparameters(module: LightningModule) -> tuple[float, float, bool] 
     while stack:
         item = stack.pop()
         if isinstance(item, Optimizer) and is_naggs(item):
-            group = next(g for g in item.param_groups if is_naggs(g))
-            return float(group["mu"]), float(group["gamma"]), bool(group.get("fixed_gamma", False))
+            return hyperparameters_of(item)
         if isinstance(item, dict) and "optimizer" in item:
             stack.append(item["optimizer"])
         elif isinstance(item, (list, tuple)):
@@ -66,13 +87,21 @@ def measure_curvature(
     warmup_steps: int = WARMUP_STEPS,
     curvature_batches: int = CURVATURE_BATCHES,
     device: torch.device | str = "cpu",
+    optimizer: OptimizerKind = NAGGS_KIND,
 ) -> WarmupResult:
     """The curvature a run at ``mu`` will meet: :func:`~naggs_lightning.lr.warmup.warm_up_curvature`
     on a copy of ``module`` over the training batches of ``datamodule`` (or of the module itself),
-    reading ``curvature_batches`` batches after ``warmup_steps`` steps (0: at initialisation)."""
+    reading ``curvature_batches`` batches after ``warmup_steps`` steps (0: at initialisation), trained with
+    ``optimizer`` (and, for AdaNAGGS, read in its metric)."""
     loader = _train_batches(module, datamodule)
     return warm_up_curvature(
-        module, loader, mu, warmup_steps=warmup_steps, curvature_batches=curvature_batches, device=device
+        module,
+        loader,
+        mu,
+        warmup_steps=warmup_steps,
+        curvature_batches=curvature_batches,
+        device=device,
+        optimizer=optimizer,
     )
 
 
@@ -88,20 +117,35 @@ def measured_seed(
     curvature_batches: int = CURVATURE_BATCHES,
     bracket_steps: int = 0,
     device: torch.device | str = "cpu",
+    optimizer: OptimizerKind = NAGGS_KIND,
 ) -> TheorySeed:
     """The seed for ``module`` at ``mu``: the warm-up (:func:`measure_curvature`), then :func:`warmed_up_seed`;
     with ``bracket_steps`` > 0, :func:`~naggs_lightning.lr.bracket.bracket_step` then picks the step above the
     theory's where short runs of that many steps train best (the seed's ``alpha``; ``theory_step`` keeps the
-    theory's)."""
+    theory's). Warm-up and bracket train with ``optimizer`` (the model's own NAG-GS class); for AdaNAGGS the
+    curvature is the preconditioned sharpness in its metric, which the closed forms read unchanged (THEORY.md 2d)."""
     loader = _train_batches(module, datamodule)
     warmup = warm_up_curvature(
-        module, loader, mu, warmup_steps=warmup_steps, curvature_batches=curvature_batches, device=device
+        module,
+        loader,
+        mu,
+        warmup_steps=warmup_steps,
+        curvature_batches=curvature_batches,
+        device=device,
+        optimizer=optimizer,
     )
     seed = warmed_up_seed(warmup, gamma, safety=safety, fixed_gamma=fixed_gamma)
     if not bracket_steps:
         return seed
     found = bracket_step(
-        module, loader, seed.alpha, seed.mu, gamma if fixed_gamma else seed.mu,
-        fixed_gamma=fixed_gamma, steps=bracket_steps, device=device,
+        module,
+        loader,
+        seed.alpha,
+        seed.mu,
+        gamma if fixed_gamma else seed.mu,
+        fixed_gamma=fixed_gamma,
+        steps=bracket_steps,
+        device=device,
+        optimizer=optimizer,
     )
     return replace(seed, alpha=found.best.alpha, bracket=found)

@@ -44,6 +44,9 @@ class WarmupResult:
     """Why a warm-up was started again with a smaller step (divergence, or a curvature collapse)."""
     cap: float = math.inf
     """Half the smallest step that diverged or collapsed the network in the warm-up (inf if none did)."""
+    metric: str | None = None
+    """The optimizer whose metric the readings are in (``"AdaNAGGS"``: the preconditioned sharpness
+    :math:`\\lambda_{\\max}(P^{-1/2} H P^{-1/2})`); ``None``: the plain Hessian, with NAGGS."""
 
     @property
     def lambda_init(self) -> float:
@@ -84,12 +87,14 @@ class WarmupResult:
     def describe(self) -> str:
         ramp = ", ".join(f"{r.lambda_max:.3g} at step {r.step} (alpha {r.alpha:.3g})" for r in self.readings)
         after = ", ".join(f"{v:.3g}" for v in self.final)
+        steps, read = (
+            ("NAG-GS", "Hessian") if self.metric is None else (self.metric, f"Hessian in {self.metric}'s metric")
+        )
         return (
-            f"warm-up of {self.steps} NAG-GS steps at mu = gamma = {self.mu:.4g} on a copy of the model "
-            f"({self.seconds:.2f} s); top eigenvalue of one batch's Hessian: {ramp}; "
+            f"warm-up of {self.steps} {steps} steps at mu = gamma = {self.mu:.4g} on a copy of the model "
+            f"({self.seconds:.2f} s); top eigenvalue of one batch's {read}: {ramp}; "
             f"after it, on {len(self.final)} batches: {after} ({self.growth:.3g}x the reading at "
-            f"initialisation; the seed allows for {self.headroom:.3g}x more)"
-            + "".join(f"; {r}" for r in self.restarts)
+            f"initialisation; the seed allows for {self.headroom:.3g}x more)" + "".join(f"; {r}" for r in self.restarts)
         )
 
     def to_attrs(self) -> dict[str, Any]:
@@ -101,6 +106,7 @@ class WarmupResult:
             "seconds": self.seconds,
             "restarts": list(self.restarts),
             "cap": None if math.isinf(self.cap) else self.cap,
+            "metric": self.metric,
         }
 
     @classmethod
@@ -110,9 +116,14 @@ class WarmupResult:
             for step, lam, alpha, loss in attrs["readings"]
         )
         return cls(
-            float(attrs["mu"]), readings, tuple(attrs["final"]), int(attrs["steps"]), float(attrs["seconds"]),
+            float(attrs["mu"]),
+            readings,
+            tuple(attrs["final"]),
+            int(attrs["steps"]),
+            float(attrs["seconds"]),
             tuple(attrs.get("restarts", ())),
             math.inf if attrs.get("cap") is None else float(attrs["cap"]),
+            attrs.get("metric"),
         )
 
 

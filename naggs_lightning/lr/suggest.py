@@ -5,6 +5,8 @@ where the loss fell fastest; it knows nothing of NAG-GS's mu and gamma. :func:`s
 the top Hessian eigenvalue of the training loss the run will meet, after a short, safe warm-up on a copy
 of the model (the same measurement as ``naggs-tune``'s seed: :func:`~naggs_lightning.lr.measure.measured_seed`),
 and returns the step the theory recommends for the mu and gamma the model's own NAGGS optimizer uses
+(AdaNAGGS: the warm-up and the bracket train with it, with its beta2 and eps, and the curvature is the
+preconditioned sharpness in its metric)
 (:class:`~naggs_lightning.lr.seed.TheorySeed`; the suggested lr is its ``alpha``). The model itself takes
 no step and is left as it was.
 
@@ -18,23 +20,22 @@ from lightning.pytorch import LightningDataModule, LightningModule
 
 from naggs_lightning.lr.defaults import BRACKET_STEPS, CURVATURE_BATCHES, WARMUP_STEPS
 from naggs_lightning.lr.errors import LRError
-from naggs_lightning.lr.measure import measured_seed, naggs_hyperparameters
+from naggs_lightning.lr.measure import NaggsHyperparameters, measured_seed, naggs_hyperparameters
 from naggs_lightning.lr.seed import TheorySeed
 
 __all__ = ["suggest_lr"]
 
 
-def _hyperparameters(model: LightningModule, mu: float | None, gamma: float | None) -> tuple[float, float, bool]:
-    found = naggs_hyperparameters(model) if mu is None or gamma is None else None
+def _hyperparameters(model: LightningModule, mu: float | None, gamma: float | None) -> NaggsHyperparameters:
+    found = naggs_hyperparameters(model)
     if found is None and (mu is None or gamma is None):
         raise LRError(
             f"{type(model).__name__}.configure_optimizers() does not return NAGGS: pass mu= and gamma= to suggest_lr"
         )
-    fixed_gamma = found[2] if found is not None else False
-    return (
-        float(mu) if mu is not None else found[0],
-        float(gamma) if gamma is not None else found[1],
-        fixed_gamma,
+    if found is None:  # a model without NAG-GS: plain NAGGS at the given mu and gamma
+        return NaggsHyperparameters(float(mu), float(gamma), False)
+    return found._replace(
+        mu=float(mu) if mu is not None else found.mu, gamma=float(gamma) if gamma is not None else found.gamma
     )
 
 
@@ -52,8 +53,8 @@ def suggest_lr(
     """The NAG-GS step (lr) the theory recommends for ``model`` on its training data.
 
     Args:
-        model: the LightningModule; mu and gamma come from the NAGGS its ``configure_optimizers`` returns
-            unless given.
+        model: the LightningModule; mu and gamma come from the NAGGS (or AdaNAGGS) its ``configure_optimizers``
+            returns unless given, and the warm-up trains with that optimizer's class.
         datamodule: where the training batches come from; ``None`` uses the model's own ``train_dataloader``.
         mu, gamma: override the optimizer's values.
         safety: factor in (0, 1] on the theory's step (it sits a hair under the stability edge).
@@ -74,13 +75,14 @@ def suggest_lr(
         print(seed.describe())
         model.lr = seed.alpha
     """
-    mu, gamma, fixed_gamma = _hyperparameters(model, mu, gamma)
+    hyper = _hyperparameters(model, mu, gamma)
     return measured_seed(
         model,
         datamodule,
-        mu,
-        gamma,
-        fixed_gamma=fixed_gamma,
+        hyper.mu,
+        hyper.gamma,
+        fixed_gamma=hyper.fixed_gamma,
+        optimizer=hyper.kind,
         safety=safety,
         warmup_steps=warmup_steps,
         curvature_batches=curvature_batches,

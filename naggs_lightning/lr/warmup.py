@@ -2,9 +2,10 @@ r"""A short warm-up that measures the curvature a training run will meet, not th
 
 Networks sharpen: the top Hessian eigenvalue of a minibatch's loss grows 10-30x within the first
 hundred steps (THEORY.md section 2c), so a step computed from the curvature at initialisation is
-computed for a model the run leaves. The warm-up trains a *copy* of the model with NAG-GS at the
-trial's mu (gamma = mu) in ``stages`` stages (60 steps in 3 by default) and reads the top eigenvalue
-of one batch's Hessian before each stage. Each stage's step is the theory's step (gamma = mu) for a
+computed for a model the run leaves. The warm-up trains a *copy* of the model with the model's own NAG-GS
+optimizer class (``optimizer``: NAGGS, or AdaNAGGS with the user's beta2 and eps) at the trial's mu
+(gamma = mu) in ``stages`` stages (60 steps in 3 by default) and reads the top eigenvalue of one batch's
+Hessian before each stage. Each stage's step is the theory's step (gamma = mu) for a
 multiple ``m`` of the largest curvature read so far, :math:`L_j = \max_{i \le j} \lambda_i`,
 
 .. math::
@@ -27,28 +28,35 @@ the first batch (capped at 2: a network still sharpening keeps doing so for a wh
 a reading along the warm-up (trials start from the initialisation). A quadratic does not grow and keeps
 its reading exactly.
 
+For AdaNAGGS every reading is the *preconditioned* sharpness, the top eigenvalue of
+:math:`P^{-1/2} H P^{-1/2}` with P the metric of the copy's optimizer at that point (before its first step: the
+metric that step will take, :meth:`~naggs_lightning.lr.optimizer.OptimizerKind.metric`); the theory's steps
+read it unchanged (THEORY.md 2d). The readings after the warm-up use the metric the warm-up ended with.
+
 The copy, its optimizer and the global RNG state are discarded afterwards: the trials are untouched.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import statistics
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from naggs_lightning import theory
 from naggs_lightning._checks import all_finite
 from naggs_lightning.curvature import estimate_top_eigenvalue, module_loss
 from naggs_lightning.lr.defaults import CURVATURE_BATCHES, WARMUP_STEPS
 from naggs_lightning.lr.errors import LRError
+from naggs_lightning.lr.optimizer import NAGGS_KIND, OptimizerKind
 from naggs_lightning.lr.readings import CurvatureReading, WarmupResult
-from naggs_lightning.optim import NAGGS
 
 __all__ = ["warm_up_curvature"]
 
@@ -85,6 +93,7 @@ def warm_up_curvature(
     max_iter: int = 20,
     tol: float = 1e-3,
     device: torch.device | str = "cpu",
+    optimizer: OptimizerKind = NAGGS_KIND,
 ) -> WarmupResult:
     """Warm a copy of ``module`` up in ``stages`` stages of ``warmup_steps / stages`` steps; read curvature along it.
 
@@ -102,6 +111,8 @@ def warm_up_curvature(
         max_iter, tol: Lanczos iterations and relative tolerance of the readings after the warm-up (those
             along it only choose the next stage's step, and stop at 8 iterations or 1 %).
         device: where the copy trains.
+        optimizer: the NAG-GS optimizer class (and its metric's hyper-parameters) the copy trains with; for
+            one with a metric (AdaNAGGS) every reading is the preconditioned sharpness in its metric.
     """
     if not (math.isfinite(mu) and mu > 0.0):
         raise LRError(f"the warm-up needs mu > 0 (the step is the theory's for mu), got mu = {mu}")
@@ -125,11 +136,17 @@ def warm_up_curvature(
         first = batch_to(next(source), device)
         for _ in range(_MAX_RESTARTS + 1):
             model = copy.deepcopy(module).to(device)
+            model.train()
+            params = [p for p in model.parameters() if p.requires_grad]
+            steps = optimizer.build(params, lr=1.0, mu=mu, gamma=mu)
             readings, failed = _ramp(
-                model, first, source, mu, bounds, growth, margin, safety, cap, (max_iter, tol), device
+                model, steps, optimizer, first, source, mu, bounds, growth, margin, safety, cap, (max_iter, tol), device
             )
             ends = [first] + [batch_to(next(source), device) for _ in range(curvature_batches - 1)]
-            after = [_read(model, batch, max_iter, tol) for batch in ends] if failed is None else []
+            metric = functools.cache(
+                functools.partial(optimizer.metric, model, steps, first)
+            )  # where the warm-up ended
+            after = [_read(model, batch, max_iter, tol, metric) for batch in ends] if failed is None else []
             final = tuple(lam for lam, _ in after)
             finite = all(math.isfinite(lam) and math.isfinite(loss) for lam, loss in after)
             mean_loss = statistics.fmean(loss for _, loss in after) if after else math.nan
@@ -150,7 +167,14 @@ def warm_up_curvature(
         _check_finite(*after)
         readings = [CurvatureReading(0, final[0], 0.0, after[0][1])]
     return WarmupResult(
-        float(mu), tuple(readings), final, warmup_steps, time.perf_counter() - start, tuple(restarts), cap
+        float(mu),
+        tuple(readings),
+        final,
+        warmup_steps,
+        time.perf_counter() - start,
+        tuple(restarts),
+        cap,
+        optimizer.name if optimizer.preconditioned else None,
     )
 
 
@@ -167,6 +191,8 @@ _MAX_RESTARTS = 3
 
 def _ramp(
     model: nn.Module,
+    optimizer: Optimizer,
+    kind: OptimizerKind,
     first: Any,
     source: Iterator[Any],
     mu: float,
@@ -180,16 +206,15 @@ def _ramp(
 ) -> tuple[list[CurvatureReading], tuple[float, str] | None]:
     """Train ``model`` through the stages from batch ``first`` on; the readings, and (alpha, why) if a stage
     diverged or collapsed. The reading at initialisation is ``accurate`` (Lanczos iterations, tolerance):
-    growth is measured against it."""
-    model.train()
-    optimizer = NAGGS([p for p in model.parameters() if p.requires_grad], lr=1.0, mu=mu, gamma=mu)
+    growth is measured against it. ``optimizer`` (of ``kind``) trains ``model``; in its metric if it has one."""
     readings: list[CurvatureReading] = []
     worst = 0.0
     for j in range(len(bounds) - 1):
         if bounds[j] == bounds[j + 1]:
             continue
         batch = first if j == 0 else batch_to(next(source), device)
-        lam, at = _read(model, batch, *(accurate if j == 0 else _STAGE_READ))
+        metric = functools.cache(functools.partial(kind.metric, model, optimizer, batch))
+        lam, at = _read(model, batch, *(accurate if j == 0 else _STAGE_READ), metric)
         if not readings:
             _check_finite((lam, at))
         elif not (math.isfinite(lam) and math.isfinite(at)):
@@ -230,13 +255,18 @@ def _collapsed(readings: list[CurvatureReading], lam: float, loss: float) -> boo
     return lam < _COLLAPSE * worst and not loss < _STALLED * readings[0].loss
 
 
-def _read(model: nn.Module, batch: Any, max_iter: int, tol: float) -> tuple[float, float]:
-    """The top eigenvalue of ``batch``'s Hessian and the batch's loss (either may be non-finite)."""
+#: The metric of a reading, read when called (only once the loss is known to be finite); None: plain Hessian.
+Metric = Callable[[], "list[Tensor] | None"]
+
+
+def _read(model: nn.Module, batch: Any, max_iter: int, tol: float, metric: Metric) -> tuple[float, float]:
+    """The top eigenvalue of ``batch``'s Hessian in the optimizer's metric (``metric()``: None for the plain
+    Hessian) and the batch's loss (either may be non-finite)."""
     with torch.no_grad():
         loss = float(module_loss(model, batch))
     if not math.isfinite(loss):
         return math.nan, loss
-    return float(estimate_top_eigenvalue(model, [batch], max_iter=max_iter, tol=tol)), loss
+    return float(estimate_top_eigenvalue(model, [batch], max_iter=max_iter, tol=tol, metric=metric())), loss
 
 
 def _check_finite(*readings: tuple[float, float]) -> None:

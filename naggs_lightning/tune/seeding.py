@@ -58,7 +58,7 @@ def seed_new_study(probe: TrialParts, declared: SearchSpace, reference: dict[str
     hyper = naggs_hyperparameters(probe.model)
     if hyper is None:
         return None, declared, [], "unseeded: the optimizer is not NAGGS (the seed is NAG-GS theory)"
-    mu, gamma, fixed_gamma = hyper
+    mu, gamma, fixed_gamma = hyper.mu, hyper.gamma, hyper.fixed_gamma
     gamma_dist = declared.distributions.get(declared.gamma)
     if isinstance(gamma_dist, FloatDistribution):
         # gamma = mu is the best (alpha, gamma) pair of the quadratic analysis; gamma relaxes to mu anyway.
@@ -74,6 +74,7 @@ def seed_new_study(probe: TrialParts, declared: SearchSpace, reference: dict[str
         curvature_batches=opts.curvature_batches,
         bracket_steps=opts.bracket_steps,
         device=probe.trainer.strategy.root_device,
+        optimizer=hyper.kind,  # AdaNAGGS: warm-up and bracket in its metric, the preconditioned sharpness
     )
     declared = _theory_ranges(declared, seed, mu, fixed_gamma)
     relative = RelativeAlpha(
