@@ -41,8 +41,9 @@ def test_the_best_run_is_the_lowest_score_and_the_climb_stops_at_the_first_failu
     before = [p.detach().clone() for p in model.parameters()]
     rng = torch.get_rng_state()
     found = bracket_step(model, data.train_dataloader(), 0.05, 0.03, 0.03, factors=(1.0, 2.0, 4.0, 8.0, 16.0))
-    trained = [r for r in found.runs if r.outcome in ("trains", "no better")]
-    assert found.best.score == min(r.score for r in trained)
+    kept = [r for r in found.runs if r.outcome == "trains"]
+    assert found.best == (kept[-1] if kept else found.runs[0])
+    assert all(b.score < 0.9 * a.score for a, b in zip(kept, kept[1:]))  # each kept step clearly better
     assert all(r.outcome == "trains" for r in found.runs[:-1])  # it climbs only while the runs improve
     assert [r.factor for r in found.runs] == [1.0, 2.0, 4.0, 8.0, 16.0][: len(found.runs)]
     assert all(r.alpha == pytest.approx(0.05 * r.factor) for r in found.runs)
@@ -85,13 +86,16 @@ def test_bad_arguments_name_the_parameter(kwargs, match):
         ([1.50, 1.30, 1.58, 1.60], "collapsed"),  # it fell, then came back to the initial loss
         ([1.90, 1.75, 1.72, 1.70], "collapsed"),  # thrown above the initial loss and still there
         ([1.40, 1.10, 0.90, 0.80], "trains"),
+        ([1.40, 1.10, 0.90, 0.88], "no better"),  # within 10 % of the step below (scored 0.95 here)
         ([math.inf], "diverged"),
     ],
 )
 def test_a_run_that_did_not_train_is_slow_unless_it_fell_or_rose_on_the_way(quarters, outcome):
     from naggs_lightning.lr.bracket import _outcome
+    from naggs_lightning.lr.readings import BracketRun
 
-    assert _outcome(quarters, 1.609, []) == outcome
+    earlier = [] if outcome != "no better" else [BracketRun(1.0, 0.1, 0.95, "trains")]
+    assert _outcome(quarters, 1.609, earlier) == outcome
 
 
 def test_seeded_trials_keep_the_best_step_and_skip_only_failures_above_it():

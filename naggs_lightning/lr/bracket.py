@@ -12,9 +12,9 @@ in increasing order. Each run's score is its mean training loss over the last qu
 whose score stays near the initial loss (at least 98 % of it) did not train: it *collapsed* if its loss fell
 below 90 % of the initial loss on the way (a catapult into a flat region) or ends above 105 % of it, and is
 *slow* otherwise (the loss has not moved yet: the bracket climbs on, since a larger step may move it). The
-bracket stops climbing at the first run that diverges (a non-finite loss), collapses or scores worse than the
-step below it; the suggested step is the one with the lowest score among the runs that trained (the theory's
-step when none did). The first factor is the theory's step itself, so the bracket never suggests a step below
+bracket stops climbing at the first run that diverges (a non-finite loss), collapses or does not score clearly
+(10 %) below the step under it; the suggested step is the last one the climb kept (the theory's step when none
+trained). The first factor is the theory's step itself, so the bracket never suggests a step below
 it.
 """
 
@@ -36,7 +36,15 @@ from naggs_lightning.curvature import module_loss
 from naggs_lightning.lr.defaults import BRACKET_FACTORS, BRACKET_STEPS
 from naggs_lightning.lr.errors import LRError
 from naggs_lightning.lr.optimizer import NAGGS_KIND, OptimizerKind
-from naggs_lightning.lr.readings import FELL_SHARE, ROSE_SHARE, STALLED_SHARE, Bracket, BracketRun, Outcome
+from naggs_lightning.lr.readings import (
+    FELL_SHARE,
+    GAIN_SHARE,
+    ROSE_SHARE,
+    STALLED_SHARE,
+    Bracket,
+    BracketRun,
+    Outcome,
+)
 from naggs_lightning.lr.warmup import batch_to, cycle
 
 __all__ = ["bracket_step"]
@@ -117,6 +125,6 @@ def _outcome(quarters: list[float], initial: float, earlier: list[BracketRun]) -
     if score >= STALLED_SHARE * initial:
         fell = min(quarters) < FELL_SHARE * initial
         return "collapsed" if fell or score > ROSE_SHARE * initial else "slow"
-    if earlier and score >= earlier[-1].score:
+    if earlier and score >= GAIN_SHARE * earlier[-1].score:
         return "no better"
     return "trains"
