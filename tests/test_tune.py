@@ -443,3 +443,18 @@ def test_bad_options_fail_before_the_storage_is_touched(tmp_path):
     assert not db.exists()
     with pytest.raises(TuneError, match="either a config"):
         run(verbose=False)
+
+
+def test_a_config_that_names_only_the_optimizer_class_is_read_at_the_class_defaults():
+    from naggs_lightning import AdaNAGGS, NAGGS
+    from naggs_lightning.tune.objective import ConfigBuilder
+
+    for cls in (NAGGS, AdaNAGGS):
+        builder = ConfigBuilder({"optimizer": {"class_path": f"naggs_lightning.{cls.__name__}"}})
+        defaults = cls([torch.zeros(1, requires_grad=True)]).defaults
+        assert builder.configured("optimizer.init_args.mu") == defaults["mu"]
+        assert builder.configured("optimizer.init_args.gamma") == defaults["gamma"]
+    given = ConfigBuilder({"optimizer": {"class_path": "naggs_lightning.NAGGS", "init_args": {"mu": 0.5}}})
+    assert given.configured("optimizer.init_args.mu") == 0.5
+    assert given.configured("optimizer.init_args.no_such_argument") is None
+    assert ConfigBuilder({"optimizer": {"class_path": "NAGGS"}}).configured("optimizer.init_args.mu") is None

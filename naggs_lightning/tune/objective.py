@@ -15,6 +15,7 @@ the storage); the pruning decision is broadcast, so under DDP every rank stops a
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import os
@@ -94,7 +95,13 @@ class ConfigBuilder:
         TrialTrainer(self.config.get("trainer"))  # refuses a callback that cannot work in a trial, now
 
     def configured(self, name: str) -> Any:
-        return get_path(self.config, name)
+        """The config's value, else the default of the configured class's argument (``optimizer.init_args.mu``
+        of a config that names ``class_path: naggs_lightning.AdaNAGGS`` alone is AdaNAGGS's default mu)."""
+        value = get_path(self.config, name)
+        root, _, arg = name.rpartition(".init_args.")
+        if value is not None or not root:
+            return value
+        return _class_default(get_path(self.config, f"{root}.class_path"), arg)
 
     def build(
         self, params: Mapping[str, Any], callbacks: Sequence[Callback] = (), trial: TrialDir | None = None
@@ -115,6 +122,19 @@ class ConfigBuilder:
 
     def best_config(self, params: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
         return with_params(self.config, params), "the recipe with the best values set"
+
+
+def _class_default(class_path: Any, arg: str) -> Any:
+    """The default of ``arg`` in the ``__init__`` of the class at the dotted ``class_path`` (``None`` if none)."""
+    if not isinstance(class_path, str) or "." not in class_path:
+        return None
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        default = inspect.signature(cls).parameters[arg].default
+    except (ImportError, AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return None if default is inspect.Parameter.empty else default
 
 
 # Lines of a jsonargparse error that repeat the schema instead of naming the problem.
