@@ -446,7 +446,7 @@ def test_bad_options_fail_before_the_storage_is_touched(tmp_path):
 
 
 def test_a_config_that_names_only_the_optimizer_class_is_read_at_the_class_defaults():
-    from naggs_lightning import AdaNAGGS, NAGGS
+    from naggs_lightning import NAGGS, AdaNAGGS
     from naggs_lightning.tune.objective import ConfigBuilder
 
     for cls in (NAGGS, AdaNAGGS):
