@@ -115,3 +115,20 @@ def test_naggs_tune_runs_a_seeded_adanaggs_study(tmp_path):
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 2 and done[0].user_attrs[keys.SEEDED] is True  # the rest of the seeded trials wait
     assert np.isfinite(study.best_value)
+
+
+def test_a_network_warms_up_in_a_forming_metric_without_a_false_collapse():
+    """Adam's metric starts as one gradient's |g| + eps: the preconditioned sharpness read in it falls as the
+    second moment averages (on a digits MLP from about 1e4 to 1e3 in 20 steps). That fall is the metric forming,
+    not a collapse: the warm-up must not restart, and the curvature the run meets is the reading after it."""
+    from naggs_lightning.tasks import MLP, DigitsDataModule
+
+    torch.manual_seed(0)
+    model = MLP(hidden_sizes=[64])
+    data = DigitsDataModule(batch_size=64)
+    data.setup("fit")
+    kind = OptimizerKind.of(AdaNAGGS([torch.zeros(1, requires_grad=True)]), {"beta2": 0.999, "eps": 1e-8})
+    warmup = warm_up_curvature(model, data.train_dataloader(), 1.0, optimizer=kind)
+    assert warmup.restarts == () and warmup.metric == "AdaNAGGS"
+    assert warmup.readings[0].lambda_max > 2 * warmup.lambda_max  # the metric formed: the reading fell
+    assert warmup.lambda_run == pytest.approx(warmup.lambda_max * warmup.headroom)

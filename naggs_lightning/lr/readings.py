@@ -76,6 +76,10 @@ class WarmupResult:
         edge of the reading itself ended at chance there. A model whose curvature did not grow (a
         quadratic, a convex loss) keeps its reading.
         """
+        if self.metric is not None:
+            # In a metric that forms along the warm-up (Adam's second moment starts as one gradient's |g|), an
+            # earlier reading is in another metric: only the one after the warm-up, in the metric runs step in.
+            return self.lambda_max * self.headroom
         seen = max(self.lambda_max, *(r.lambda_max for r in self.readings))  # trials start at initialisation
         return max(seen, self.lambda_max * self.headroom)
 

@@ -152,7 +152,12 @@ def warm_up_curvature(
             mean_loss = statistics.fmean(loss for _, loss in after) if after else math.nan
             if failed is None and warmup_steps and not finite:
                 failed = (readings[-1].alpha, "the loss went non-finite after the warm-up")
-            elif failed is None and warmup_steps and _collapsed(readings, max(final), mean_loss):
+            elif (
+                failed is None
+                and warmup_steps
+                and not optimizer.preconditioned
+                and _collapsed(readings, max(final), mean_loss)
+            ):
                 failed = (readings[-1].alpha, f"the curvature fell to {max(final):.3g} after the warm-up")
             if failed is None:
                 break
@@ -219,12 +224,14 @@ def _ramp(
             _check_finite((lam, at))
         elif not (math.isfinite(lam) and math.isfinite(at)):
             return readings, (readings[-1].alpha, f"the loss went non-finite by step {bounds[j]}")
-        if _collapsed(readings, lam, at):
+        if not kind.preconditioned and _collapsed(readings, lam, at):
             return readings, (
                 readings[-1].alpha,
                 f"the curvature fell from {worst:.3g} to {lam:.3g} at step {bounds[j]} while the loss stalled",
             )
-        worst = max(worst, lam)
+        # A metric that is still forming makes the sharpness read in it fall as it forms (one gradient's |g| at
+        # first, then an average): each stage is stable for the latest reading, and a fall is not a collapse.
+        worst = lam if kind.preconditioned else max(worst, lam)
         alpha = min(_stage_alpha(worst, mu, growth if j == 0 else margin, safety), cap)
         for group in optimizer.param_groups:
             group["lr"] = alpha
