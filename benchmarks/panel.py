@@ -19,6 +19,8 @@ Runs: ``python benchmarks/panel.py --parts defaults lr_find`` (about 10 minutes 
 ``python benchmarks/panel.py --parts tune --budget 20`` (longer: ``--jobs 2``). ``--models`` picks models;
 ``--held-out`` adds the GRU. ``--optimizer-args`` sets NAGGS's keyword arguments for the ``defaults`` part
 (to compare candidate defaults: ``--optimizer-args '{"lr": 0.2, "mu": 0.1, "gamma": 0.1}'``).
+``--tune-optimizer AdaNAGGS`` tunes AdaNAGGS instead of NAGGS; ``--no-baseline`` skips the AdamW+TPE studies
+(they are deterministic per sampler seed, so one run of them serves both).
 """
 
 from __future__ import annotations
