@@ -15,7 +15,6 @@ the storage); the pruning decision is broadcast, so under DDP every rank stops a
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import os
@@ -42,7 +41,13 @@ from naggs_lightning.tune.errors import TuneError
 from naggs_lightning.tune.interrupts import Interrupted, InterruptGuard, StopOnInterrupt
 from naggs_lightning.tune.keys import PRUNED_REASON, RETRY_OF, SEEDED, SURPLUS, WORKER, WORLD_SIZE
 from naggs_lightning.tune.space import SearchSpace
-from naggs_lightning.tune.trial_outputs import TRIAL_TRAINER_SETTINGS, TrialDir, TrialHparams, TrialTrainer
+from naggs_lightning.tune.trial_outputs import (
+    TRIAL_TRAINER_SETTINGS,
+    TrialDir,
+    TrialHparams,
+    TrialTrainer,
+    class_of,
+)
 from naggs_lightning.tune.trials import trial_counts
 
 __all__ = [
@@ -126,13 +131,10 @@ class ConfigBuilder:
 
 def _class_default(class_path: Any, arg: str) -> Any:
     """The default of ``arg`` in the ``__init__`` of the class at the dotted ``class_path`` (``None`` if none)."""
-    if not isinstance(class_path, str) or "." not in class_path:
-        return None
-    module, _, name = class_path.rpartition(".")
+    cls = class_of(class_path, ())
     try:
-        cls = getattr(importlib.import_module(module), name)
-        default = inspect.signature(cls).parameters[arg].default
-    except (ImportError, AttributeError, KeyError, TypeError, ValueError):
+        default = inspect.signature(cls).parameters[arg].default if cls is not None else None
+    except (KeyError, TypeError, ValueError):
         return None
     return None if default is inspect.Parameter.empty else default
 

@@ -94,7 +94,7 @@ class TrialDir:
         return self.root / "checkpoints" / self.version
 
 
-def _class_of(entry: Any, modules: Sequence[str]) -> type | None:
+def class_of(entry: Any, modules: Sequence[str]) -> type | None:
     """The class a config entry (``class_path`` string or mapping) names; ``None`` when it cannot be imported
     here (LightningCLI then reports it when the trial is built)."""
     path = entry.get("class_path") if isinstance(entry, Mapping) else entry
@@ -144,7 +144,7 @@ class TrialTrainer:
     def __init__(self, trainer: Mapping[str, Any] | None) -> None:
         self.trainer = dict(trainer or {})
         callbacks = _entries(self.trainer.get("callbacks"))
-        classes = [_class_of(entry, _CALLBACK_MODULES) for entry in callbacks]
+        classes = [class_of(entry, _CALLBACK_MODULES) for entry in callbacks]
         logger = self.trainer.get("logger")
         needing = [cls.__name__ for cls in classes if cls is not None and issubclass(cls, NEEDS_LOGGER)]
         if needing and logger is False:
@@ -188,7 +188,7 @@ class TrialTrainer:
 
     @staticmethod
     def _logger(entry: Any, trial: TrialDir) -> dict[str, Any]:
-        cls = _class_of(entry, _LOGGER_MODULES)
+        cls = class_of(entry, _LOGGER_MODULES)
         accepted = inspect.signature(cls).parameters if cls is not None else {}
         redirect: dict[str, Any] = {}
         if "save_dir" in accepted:
