@@ -316,24 +316,24 @@ def scale_for_batch_size(
         for name in ("mu", "gamma"):
             if name in hparams:
                 out[name] = hparams[name] * math.sqrt(k)
-        if "beta2" in hparams:
-            beta2 = 1.0 - k * (1.0 - hparams["beta2"])
-            if not 0.0 <= beta2 < 1.0:
-                raise ValueError(
-                    f"the square-root rule gives beta2 {beta2} outside [0, 1) for k = {k:g}; the batch grew too much"
-                )
-            out["beta2"] = beta2
-        if "eps" in hparams:
-            out["eps"] = hparams["eps"] / math.sqrt(k)
-        return out
+        return _square_root_moments(out, "beta2", k)
     out["lr"] = hparams["lr"] * math.sqrt(k)
-    if "betas" in hparams:
-        betas = tuple(1.0 - k * (1.0 - b) for b in hparams["betas"])
-        if any(not 0.0 <= b < 1.0 for b in betas):
+    return _square_root_moments(out, "betas", k)
+
+
+def _square_root_moments(hparams: dict[str, Any], betas_key: str, k: float) -> dict[str, Any]:
+    """The square-root rule's moment settings, in place: ``1 - beta -> k (1 - beta)`` for the moving averages under
+    ``betas_key`` (one beta or a tuple), ``eps -> eps / sqrt(k)``."""
+    if betas_key in hparams:
+        given = hparams[betas_key]
+        scalar = isinstance(given, (int, float, np.floating))
+        scaled = tuple(1.0 - k * (1.0 - b) for b in ((given,) if scalar else given))
+        value = scaled[0] if scalar else scaled
+        if any(not 0.0 <= b < 1.0 for b in scaled):
             raise ValueError(
-                f"the square-root rule gives betas {betas} outside [0, 1) for k = {k:g}; the batch grew too much"
+                f"the square-root rule gives {betas_key} {value} outside [0, 1) for k = {k:g}; the batch grew too much"
             )
-        out["betas"] = betas
+        hparams[betas_key] = value
     if "eps" in hparams:
-        out["eps"] = hparams["eps"] / math.sqrt(k)
-    return out
+        hparams["eps"] = hparams["eps"] / math.sqrt(k)
+    return hparams
