@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from naggs_lightning import NAGGS
+from naggs_lightning import NAGGS, AdaNAGGS
 from naggs_lightning.callbacks import (
     CollapseDetector,
     LrCap,
@@ -26,6 +26,7 @@ from naggs_lightning.callbacks import (
     StabilityWarning,
 )
 from naggs_lightning.callbacks.groups import group_stability
+from naggs_lightning.callbacks.rollback import Snapshot
 from naggs_lightning.tasks import SignalCNN, SignalDataModule
 
 
@@ -124,6 +125,27 @@ def test_a_collapse_caps_at_half_the_lr_below_the_edge_and_the_curvature_does_no
     restored.load_state_dict(cap.state_dict())
     restored.update([group_stability("0/0", "", opt, group, flat)], flat, diverging=True, collapsed=True)
     assert restored.caps == {"0/0": pytest.approx(0.1)}  # a further collapse halves it again
+    restored.update([group_stability("0/0", "", opt, group, flat)], flat, True, collapsed=True, rolled_back=True)
+    assert restored.caps == {"0/0": pytest.approx(0.025)}  # rolled back: a quarter of the lr that collapsed
+
+
+def test_a_cap_is_lifted_only_where_allowed_and_kept_after_the_step_diverged_twice():
+    opt = NAGGS([torch.nn.Parameter(torch.zeros(3))], lr=0.4, mu=0.1, gamma=0.1)
+    group = opt.param_groups[0]
+    cap, flat, sharp = LrCap(0.9), 0.01, 100.0
+
+    def probe(lam, diverging=False, may_lift=True):
+        return cap.update([group_stability("0/0", "", opt, group, lam)], lam, diverging, may_lift=may_lift)
+
+    probe(sharp, diverging=True)
+    capped = cap.caps["0/0"]
+    assert capped < 0.4 and not probe(flat, may_lift=False)  # a reading the monitor does not let lift
+    assert probe(flat) and cap.caps == {} and group["lr"] == pytest.approx(0.4)
+    probe(sharp, diverging=True)  # the asked-for step diverged again: capped, and now kept
+    assert not probe(flat) and cap.caps == {"0/0": pytest.approx(capped)}
+    restored = LrCap(0.9)
+    restored.load_state_dict(cap.state_dict())
+    assert restored.kept == {"0/0"} and restored.lifted == {"0/0"}
 
 
 def test_schedule_is_dense_early_and_restarts_when_the_lr_rises():
@@ -183,7 +205,9 @@ def test_a_collapse_at_twice_the_best_step_is_flagged_before_step_50_and_cap_lr_
     assert int(collapses[0].split("step ")[1].split(":")[0]) < 50
     accuracy = trainer.test(model, datamodule=SignalDataModule(), verbose=False)[0]["test_acc"]
     if on_unstable == "cap_lr":
-        assert monitor.lr_caps == {"0/0": pytest.approx(0.2)}
+        # rolled back to the start and restarted at a quarter of the lr that collapsed
+        assert [h["rolled_back_to"] for h in monitor.history if "rolled_back_to" in h] == [0]
+        assert monitor.lr_caps == {"0/0": pytest.approx(0.1)}
         assert accuracy > 0.5  # chance is 0.2
     else:
         assert accuracy < 0.3  # the control: collapsed to chance
@@ -226,3 +250,90 @@ def test_a_probe_along_a_gradient_that_overflows_gives_no_batch_sharpness():
     module = Huge()
     probe = probe_batch(module, torch.ones(4), params=list(module.parameters()))
     assert math.isnan(probe.batch_sharpness) and probe.eigen.eigenvalue == pytest.approx(2.0, rel=1e-2)
+
+
+class Recorder(pl.Callback):
+    """The parameters at the start of training and at the end of the batch where the monitor rolled back (it
+    runs after the monitor in the callback list)."""
+
+    def __init__(self, monitor: SpectralStabilityMonitor):
+        self.monitor, self.initial, self.after_rollback, self.state = monitor, None, None, None
+
+    def on_train_start(self, trainer, pl_module):
+        self.initial = [p.detach().clone() for p in pl_module.parameters()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        last = self.monitor.history[-1] if self.monitor.history else {}
+        if last.get("step") == trainer.global_step and "rolled_back_to" in last and self.after_rollback is None:
+            self.after_rollback = [p.detach().clone() for p in pl_module.parameters()]
+            self.state = len(trainer.optimizers[0].state)
+
+
+def test_a_collapse_in_the_dense_phase_rolls_the_weights_back_to_the_start():
+    monitor = SpectralStabilityMonitor(on_unstable="cap_lr")
+    recorder = Recorder(monitor)
+    pl.seed_everything(0, verbose=False)
+    model = SignalCNN(lr=0.8, mu=0.1, gamma=0.1)  # 4x the best step: collapses within 20 steps
+    trainer = pl.Trainer(
+        max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, callbacks=[monitor, recorder],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StabilityWarning)
+        trainer.fit(model, datamodule=SignalDataModule())
+    assert recorder.after_rollback is not None
+    for now, then in zip(recorder.after_rollback, recorder.initial):
+        torch.testing.assert_close(now, then, rtol=0, atol=0)
+    assert recorder.state == 0  # the optimizer had not stepped at the snapshot: its state is gone too
+    assert monitor.lr_caps == {"0/0": pytest.approx(0.2)}
+    rolled = next(h for h in monitor.history if "rolled_back_to" in h)
+    assert monitor.state_dict()["schedule"]["start"] == rolled["step"]  # the dense phase starts over there
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: NAGGS(ps, lr=0.1, mu=0.1, gamma=0.5),  # gamma evolves in the param group
+        lambda ps: NAGGS(ps, lr=torch.tensor(0.1), mu=0.1, gamma=0.5, foreach=False),
+        lambda ps: AdaNAGGS(ps, lr=0.03, mu=0.1, gamma=0.5),
+        lambda ps: AdaNAGGS(ps, lr=0.03, mu=0.1, gamma=0.5, fused=True),
+    ],
+    ids=["naggs", "naggs-tensor-lr", "adanaggs", "adanaggs-fused"],
+)
+def test_a_restored_snapshot_replays_the_same_trajectory(make):
+    # Oracle: determinism. Restoring the state of step 3 and feeding steps 4-7 the same batches again must land on
+    # exactly the parameters the first pass reached; the lr set since the snapshot is kept.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    opt = make(list(model.parameters()))
+    batches = [(torch.randn(16, 5), torch.randn(16, 1)) for _ in range(7)]
+
+    def train(steps):
+        for x, y in steps:
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+
+    train(batches[:3])
+    snapshot = Snapshot(model, [opt], step=3)
+    train(batches[3:])
+    first_pass = [p.detach().clone() for p in model.parameters()]
+    lr = opt.param_groups[0]["lr"]
+    snapshot.restore(model, [opt])
+    assert opt.param_groups[0]["lr"] is lr
+    train(batches[3:])
+    for now, then in zip(model.parameters(), first_pass):
+        torch.testing.assert_close(now.detach(), then, rtol=0, atol=0)
+    snapshot.restore(model, [opt])  # restorable again: nothing of the snapshot was trained in place
+    train(batches[3:])
+    for now, then in zip(model.parameters(), first_pass):
+        torch.testing.assert_close(now.detach(), then, rtol=0, atol=0)
+
+
+def test_no_rollback_when_turned_off_or_past_the_dense_phase():
+    monitor = SpectralStabilityMonitor(on_unstable="cap_lr", rollback=False)
+    pl.seed_everything(0, verbose=False)
+    signal_fit(SignalCNN(lr=0.8, mu=0.1, gamma=0.1), monitor, 40)
+    assert not any("rolled_back_to" in h for h in monitor.history)
+    assert monitor.lr_caps == {"0/0": pytest.approx(0.4)}  # capped only, at half the lr
+    assert not SpectralStabilityMonitor(on_unstable="warn").rollback  # only cap_lr acts

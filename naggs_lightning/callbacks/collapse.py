@@ -85,6 +85,12 @@ class CollapseDetector(Detector):
         obs.collapsed = True
         return [Decision.diverging(reason)]
 
+    def on_rollback(self) -> None:
+        # The initial loss stays: it is the run's, and the rolled-back run starts from it again.
+        self.losses.clear()
+        self.lowest = self.highest = self.pending = None
+        self.held, self.diverging = 0, False
+
     def check(self, loss: float) -> tuple[bool, str | None]:
         """``(collapsed, reason)``: true at the batch a collapse is seen (once per episode)."""
         if self.initial is None:

@@ -155,6 +155,10 @@ class Detector:
         """Every curvature probe (``obs.lambda_max``, ``obs.edge_ratio``, ``obs.rows``, or ``obs.error``)."""
         return []
 
+    def on_rollback(self) -> None:
+        """The monitor restored the weights from before a collapse (:mod:`~naggs_lightning.callbacks.rollback`):
+        forget what describes the run that was undone (loss windows, an episode in progress)."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

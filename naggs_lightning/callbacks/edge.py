@@ -77,6 +77,9 @@ class EdgeOfStabilityDetector(Detector):
         obs.notes["zone"] = self.zone(ratio)
         return decisions
 
+    def on_rollback(self) -> None:
+        self.diverging, self.recheck = False, 1
+
     def zone(self, ratio: float) -> Zone:
         """Which zone an edge ratio ``lambda_max / edge`` lies in."""
         if ratio >= self.divergence_ratio:

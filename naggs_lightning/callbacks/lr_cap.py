@@ -6,19 +6,23 @@ The rule (documented in ``docs/monitor.md`` and tested):
   (:class:`~naggs_lightning.callbacks.edge.EdgeOfStabilityDetector`): ``safety_factor`` times the group's
   stable limit at the measured curvature (:math:`\alpha_{crit}` for NAG-GS). Reaching the edge never caps:
   a network re-sharpens to the edge of each new step, so a cap set there would only ratchet the step down.
-* A cap is **lifted** at a probe whose curvature is below the edge of the asked-for lr: the step the cap
-  protects would then be stable even by the quadratic theory. If it diverges again, it is capped again. Not in
-  the monitor's dense phase (the first ``every_n_steps / 4`` steps of a run, or after an lr rise): early in
-  training a network is flat whatever the step, and a cap lifted there gives back, within a few dozen steps, the
-  step that diverged (the deep digits CNN at 2x its best step: 0.911 with the cap lifted at step 64, see
-  ``docs/monitor.md``).
-* A **collapse** (:class:`~naggs_lightning.callbacks.collapse.CollapseDetector`) caps every group at
-  ``COLLAPSE_FRACTION`` (0.5) times its current lr, whatever the curvature: the collapse put the network in a flat
-  region, whose curvature is below every edge and says nothing about the step that threw it there. Such a cap is
-  lowered again by a further collapse, and never lifted by the curvature rule (a lifted cap would give back the
-  step that collapsed the run). Nothing is rolled back: the network leaves the flat region at the lower lr, on
-  its own time (measured: rolling the weights back to step 0 made the 1-D CNN at 2x and 4x its best step collapse
-  again and stay at chance, 0.200 against 0.648 and 0.456 without the roll-back).
+* A cap is **lifted** at a scheduled probe (one of the monitor's ``every_n_steps``) whose curvature is below the
+  edge of the asked-for lr: the step the cap protects would then be stable even by the quadratic theory. Not at
+  a probe a detector brought forward, nor in the monitor's dense phase (the first ``every_n_steps / 4`` steps of a
+  run, or after an lr rise): a minibatch's curvature swings tenfold from one step to the next past the edge (the
+  digits MLP at 2x its best step read 0.07 to 17x its edge on neighbouring steps), and early in training a network
+  is flat whatever the step. A cap lifted on such a reading gives back, within a few dozen steps, the step that
+  diverged (the digits MLP at 2x: lifted at step 151, it ended at 0.844 against 0.967 held; the deep digits CNN
+  at 2x: lifted at step 64, 0.911 against 0.981). A cap set again after it was lifted is **kept**: that step
+  diverged twice.
+* A **collapse** (:class:`~naggs_lightning.callbacks.collapse.CollapseDetector`) caps every group at a fraction of
+  its current lr, whatever the curvature: the collapse put the network in a flat region, whose curvature is below
+  every edge and says nothing about the step that threw it there. Where the monitor rolled the weights back to
+  before the collapse (:mod:`~naggs_lightning.callbacks.rollback`, in its dense phase) the fraction is
+  :data:`~naggs_lightning.callbacks.rollback.ROLLBACK_FRACTION` (0.25: the run restarts from sound weights, and
+  collapses came at 2-4x the best step); otherwise ``COLLAPSE_FRACTION`` (0.5: the network must leave the flat
+  region on its own, and a quarter left it later still, 0.298 against 0.456 on the 1-D CNN at 4x). Such a cap is
+  lowered again by a further collapse, and kept (a lifted cap would give back the step that collapsed the run).
 * While a cap holds, ``lr = min(asked-for lr, cap)`` before each step; the asked-for lr is whatever the user
   or a scheduler last set, so a scheduler keeps working underneath the cap.
 """
@@ -32,6 +36,7 @@ from typing import Any
 from torch import Tensor
 
 from naggs_lightning.callbacks.groups import GroupStability, curvature_edge
+from naggs_lightning.callbacks.rollback import ROLLBACK_FRACTION
 
 __all__ = ["COLLAPSE_FRACTION", "LrCap"]
 
@@ -49,7 +54,8 @@ class LrCap:
         self.caps: dict[str, float] = {}
         self.requested: dict[str, float] = {}  # the lr the user or a scheduler asked for, under a cap
         self._applied: dict[str, float] = {}  # the lr this object last wrote
-        self.collapsed: set[str] = set()  # the caps a collapse set: not lifted by the curvature
+        self.kept: set[str] = set()  # caps the curvature does not lift: set by a collapse, or again after a lift
+        self.lifted: set[str] = set()  # the groups whose cap was lifted once
 
     def update(
         self,
@@ -57,19 +63,24 @@ class LrCap:
         lam: float,
         diverging: bool,
         collapsed: bool = False,
+        rolled_back: bool = False,
         may_lift: bool = True,
     ) -> list[str]:
-        """The rule at one probe: on a collapse cap every group at ``COLLAPSE_FRACTION`` of its lr; lower the caps
-        of diverging groups (at or past their edge), lift the caps whose asked-for step is safe again (only where
-        ``may_lift``: the monitor passes ``False`` in its dense phase), impose the caps in force. Returns what was
+        """The rule at one probe: on a collapse cap every group at a fraction of its lr (``ROLLBACK_FRACTION`` if
+        the weights were ``rolled_back``, else ``COLLAPSE_FRACTION``); lower the caps of diverging groups (at or
+        past their edge), lift the caps whose asked-for step is safe again (only where ``may_lift``: the monitor
+        passes it at its scheduled probes outside the dense phase), impose the caps in force. Returns what was
         lifted, in words."""
         lifted = []
+        fraction = ROLLBACK_FRACTION if rolled_back else COLLAPSE_FRACTION
         for row in rows:
             if collapsed:
-                self.caps[row.key] = min(self.caps.get(row.key, math.inf), COLLAPSE_FRACTION * float(row.group["lr"]))
-                self.collapsed.add(row.key)
+                self.caps[row.key] = min(self.caps.get(row.key, math.inf), fraction * float(row.group["lr"]))
+                self.kept.add(row.key)
             elif diverging and row.metrics.get("edge_ratio", 0.0) >= 1.0:
                 self.lower(row.key, row.limit)
+                if row.key in self.lifted:
+                    self.kept.add(row.key)
             elif row.key in self.caps and may_lift:
                 edge = curvature_edge(row.optimizer, row.group, self.asked_for(row.key, row.group))
                 lift, reason = self.check_lift(row.key, lam, edge)
@@ -88,7 +99,7 @@ class LrCap:
 
     def check_lift(self, key: str, lam: float, requested_edge: float) -> tuple[bool, str | None]:
         """``(should_lift, reason)``: lift when the curvature is below the edge of the asked-for lr."""
-        if key not in self.caps or key in self.collapsed or not lam < requested_edge:
+        if key not in self.caps or key in self.kept or not lam < requested_edge:
             return False, None
         return True, (
             f"the curvature {lam:.4g} is below the edge {requested_edge:.4g} of the asked-for lr "
@@ -101,7 +112,7 @@ class LrCap:
         del self.caps[key]
         self.requested.pop(key, None)
         self._applied.pop(key, None)
-        self.collapsed.discard(key)
+        self.lifted.add(key)
 
     def asked_for(self, key: str, group: dict[str, Any]) -> float:
         """The lr the user or a scheduler asked for (the group's lr when this object did not write it)."""
@@ -120,12 +131,15 @@ class LrCap:
             "caps": dict(self.caps),
             "requested": dict(self.requested),
             "applied": dict(self._applied),
-            "collapsed": sorted(self.collapsed),
+            "kept": sorted(self.kept),
+            "lifted": sorted(self.lifted),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.caps, self.requested, self._applied = dict(state["caps"]), dict(state["requested"]), dict(state["applied"])
-        self.collapsed = set(state.get("collapsed", ()))  # checkpoints before the collapse cap had none
+        # Older checkpoints: "collapsed" before the kept caps, neither before the collapse cap.
+        self.kept = set(state.get("kept", state.get("collapsed", ())))
+        self.lifted = set(state.get("lifted", ()))
 
 
 def _set_lr(group: dict[str, Any], value: float) -> None:

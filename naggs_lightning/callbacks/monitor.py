@@ -26,6 +26,7 @@ from naggs_lightning.callbacks.groups import group_stability, in_metric, param_g
 from naggs_lightning.callbacks.lr_cap import LrCap
 from naggs_lightning.callbacks.non_finite import NonFiniteLossDetector
 from naggs_lightning.callbacks.oscillation import OscillationDetector
+from naggs_lightning.callbacks.rollback import Snapshot
 from naggs_lightning.callbacks.schedule import ProbeSchedule
 from naggs_lightning.callbacks.spike import SpikeDetector
 from naggs_lightning.curvature import Algorithm, Method, NonFiniteCurvatureError, optimizer_metric, probe_batch
@@ -71,8 +72,9 @@ class SpectralStabilityMonitor(Callback):
       over the step, or the updates oscillate); past the edge without a sign, the next probes come after 1, 2,
       4, ... steps.
     * :class:`~naggs_lightning.callbacks.CollapseDetector`: the loss left its initial value (fell, or jumped) and
-      came back to it, and sits there: the step threw the network into a flat region (``cap_lr`` then halves the
-      lr, whatever the curvature).
+      came back to it, and sits there: the step threw the network into a flat region. ``cap_lr`` then rolls the
+      weights back to the start of the dense phase and restarts at a quarter of the lr
+      (:mod:`~naggs_lightning.callbacks.rollback`), or, past the dense phase, halves the lr, whatever the curvature.
 
     On divergence ``on_unstable`` decides: ``"warn"`` (a :class:`StabilityWarning` with a table, once per
     episode), ``"cap_lr"`` (warn and cap the lr: :mod:`naggs_lightning.callbacks.lr_cap`) or ``"stop"`` (warn and
@@ -91,6 +93,8 @@ class SpectralStabilityMonitor(Callback):
             are its constructor's arguments, e.g. ``[NonFiniteLossDetector(), SpikeDetector(factor=5.0),
             EdgeOfStabilityDetector(divergence_ratio=3.0)]`` (no oscillation rule, a later spike).
         safety_factor: ``cap_lr`` sets lr to this fraction of the stable limit, in (0, 1].
+        rollback: under ``cap_lr``, keep the module's and optimizers' state from the start of each dense phase (one
+            copy in host memory, while the phase lasts) and restore it on a collapse in that phase.
         max_iter, tol, method, algorithm: the eigen-solver (:func:`naggs_lightning.curvature.extreme_eigenpair`).
     """
 
@@ -102,6 +106,7 @@ class SpectralStabilityMonitor(Callback):
         detectors: list[Detector] | None = None,
         dense_growth: int = 4,
         safety_factor: float = 0.9,
+        rollback: bool = True,
         max_iter: int = 20,
         tol: float = 1e-2,
         method: Method = "exact",
@@ -119,6 +124,8 @@ class SpectralStabilityMonitor(Callback):
         self.every_n_steps, self.on_unstable = every_n_steps, on_unstable
         self.solver = {"max_iter": max_iter, "tol": tol, "algorithm": algorithm}
         self.method = method
+        self.rollback = bool(rollback) and on_unstable == "cap_lr"
+        self._snapshot: Snapshot | None = None  # the state at the dense phase's start, while it lasts
         try:
             self.lr_cap = LrCap(safety_factor)
             self.schedule = ProbeSchedule(every_n_steps, growth=dense_growth)
@@ -170,6 +177,9 @@ class SpectralStabilityMonitor(Callback):
         except ValueError as err:
             raise MisconfigurationException(f"SpectralStabilityMonitor: {err}") from err
         self._last_step = trainer.global_step
+        self._snapshot = None
+        if self.rollback and self.schedule.dense(trainer.global_step):
+            self._snapshot = Snapshot(pl_module, trainer.optimizers, trainer.global_step)
 
     @override
     def on_train_batch_start(
@@ -205,9 +215,12 @@ class SpectralStabilityMonitor(Callback):
         lrs = {key: float(group["lr"]) for key, _, _, group in param_groups(trainer.optimizers)}
         if self.schedule.observe(obs.step, lrs):
             report.info(f"step {obs.step}: the lr rose; probing the curvature densely again.")
+            self._snapshot = Snapshot(pl_module, trainer.optimizers, trainer.global_step) if self.rollback else None
+        elif self._snapshot is not None and not self.schedule.dense(obs.step):
+            self._snapshot = None
         due = self.schedule.due(obs.step) or self._last_probe_step is None
         if due or (self._probe_at is not None and obs.step >= self._probe_at):
-            self._probe(trainer, pl_module, batch, obs)
+            self._probe(trainer, pl_module, batch, obs, scheduled=due)
 
     def _follow(self, obs: Observation, decisions: Sequence[Decision]) -> list[str]:
         """Say what the detectors said and schedule the probes they asked for; return the divergence reasons."""
@@ -264,7 +277,9 @@ class SpectralStabilityMonitor(Callback):
         if "schedule" in state_dict:  # checkpoints before the dense schedule start it from step 0
             self.schedule.load_state_dict(state_dict["schedule"])
 
-    def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, obs: Observation) -> None:
+    def _probe(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, obs: Observation, scheduled: bool
+    ) -> None:
         self._probe_at = None
         self._impose_caps(trainer)  # the edge is read at the lr the next step takes
         params = trained_params(trainer.optimizers)
@@ -298,10 +313,13 @@ class SpectralStabilityMonitor(Callback):
         obs.lambda_max, obs.rows, obs.loss_after = lam, rows, loss
         obs.edge_ratio = max((r.metrics["edge_ratio"] for r in rows if "edge_ratio" in r.metrics), default=0.0)
         reasons = [reason for detector in self.detectors for reason in self._follow(obs, detector.on_probe(obs))]
-        diverging = self.unstable
+        diverging, rolled_back = self.unstable, False
         if self.on_unstable == "cap_lr":
-            may_lift = not self.schedule.dense(step)  # early in training a network is flat whatever the step
-            for message in self.lr_cap.update(rows, lam, diverging, collapsed=obs.collapsed, may_lift=may_lift):
+            rolled_back = obs.collapsed and self._roll_back(trainer, pl_module, step)
+            may_lift = scheduled and not self.schedule.dense(step)  # see lr_cap: when a reading can lift a cap
+            for message in self.lr_cap.update(
+                rows, lam, diverging, collapsed=obs.collapsed, rolled_back=rolled_back, may_lift=may_lift
+            ):
                 report.info(f"step {step}: {message}")
         if reasons:
             reason = "; ".join(reasons)
@@ -318,9 +336,27 @@ class SpectralStabilityMonitor(Callback):
         }
         record.update(loss=loss, **obs.notes, hvps=probe.eigen.n_matvecs, converged=probe.eigen.converged)
         record["unstable"] = diverging
+        if rolled_back:
+            record["rolled_back_to"] = self._snapshot.step
         cosine = obs.update_cosine
         self.history.append(record if cosine is None else {**record, "update_cosine": cosine})
         self.last_metrics = report.log_probe(trainer, probe, cosine, rows)
+
+
+    def _roll_back(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> bool:
+        """Restore the dense phase's snapshot after a collapse (if one is held) and start that phase again."""
+        if self._snapshot is None:
+            return False
+        self._snapshot.restore(pl_module, trainer.optimizers)
+        for detector in self.detectors:
+            detector.on_rollback()
+        lrs = {key: float(group["lr"]) for key, _, _, group in param_groups(trainer.optimizers)}
+        self.schedule.restart(step, lrs)
+        report.info(
+            f"step {step}: rolled the module and optimizer state back to step {self._snapshot.step}, before the "
+            "collapse; training goes on from there at a lower lr, probing the curvature densely again."
+        )
+        return True
 
 
 def _checked_detectors(detectors: Any) -> list[Detector]:

@@ -49,6 +49,9 @@ class OscillationDetector(Detector):
             obs.signs.append(reason)
         return []
 
+    def on_rollback(self) -> None:
+        self._snapshot = self._update = None
+
     def observe(self, step: int, params: Sequence[Tensor], every_n_steps: int) -> float | None:
         """Keep x and the last update over the two steps before a scheduled probe; the cosine at the probe."""
         n = every_n_steps

@@ -68,9 +68,14 @@ class ProbeSchedule:
             lr > (1.0 + self.lr_rise) * self.lrs[key] for key, lr in lrs.items() if key in self.lrs
         )
         if rose:
-            self.start = step
-        self.lrs = {key: lr if rose else min(lr, self.lrs.get(key, lr)) for key, lr in lrs.items()}
+            self.restart(step, lrs)
+        else:
+            self.lrs = {key: min(lr, self.lrs.get(key, lr)) for key, lr in lrs.items()}
         return rose
+
+    def restart(self, step: int, lrs: Mapping[str, float]) -> None:
+        """Start the dense phase again at ``step`` (an lr rise; a roll-back), from the groups' lrs ``lrs``."""
+        self.start, self.lrs = step, dict(lrs)
 
     def state_dict(self) -> dict[str, Any]:
         return {"start": self.start, "lrs": dict(self.lrs)}

@@ -56,6 +56,10 @@ class SpikeDetector(Detector):
         obs.spiking = obs.spiking or self.active
         return []
 
+    def on_rollback(self) -> None:
+        self.losses.clear()
+        self.active = False
+
     def check(self, loss: float) -> tuple[bool, str | None]:
         """``(should_act, reason)``: act at the first loss of a spike; the loss joins the window either way."""
         start, reason = False, None
