@@ -170,14 +170,20 @@ class Scheduled(SignalCNN):
 
     def configure_optimizers(self):
         opt = super().configure_optimizers()
-        return [opt], [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 2.0 if s >= 30 else 1.0),
-                        "interval": "step"}]
+        return [opt], [
+            {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 2.0 if s >= 30 else 1.0), "interval": "step"}
+        ]
 
 
 def signal_fit(model, monitor, steps: int) -> tuple[pl.Trainer, list[str]]:
     trainer = pl.Trainer(
-        max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, callbacks=[monitor],
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[monitor],
     )
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always", StabilityWarning)
@@ -275,8 +281,13 @@ def test_a_collapse_in_the_dense_phase_rolls_the_weights_back_to_the_start():
     pl.seed_everything(0, verbose=False)
     model = SignalCNN(lr=0.8, mu=0.1, gamma=0.1)  # 4x the best step: collapses within 20 steps
     trainer = pl.Trainer(
-        max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, callbacks=[monitor, recorder],
+        max_steps=40,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[monitor, recorder],
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StabilityWarning)

@@ -342,7 +342,6 @@ class SpectralStabilityMonitor(Callback):
         self.history.append(record if cosine is None else {**record, "update_cosine": cosine})
         self.last_metrics = report.log_probe(trainer, probe, cosine, rows)
 
-
     def _roll_back(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> bool:
         """Restore the dense phase's snapshot after a collapse (if one is held) and start that phase again."""
         if self._snapshot is None:

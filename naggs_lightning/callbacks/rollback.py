@@ -21,9 +21,8 @@ averaged across ranks), so every rank restores the same snapshot.
 
 from __future__ import annotations
 
-from typing import Any
-
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -95,4 +94,3 @@ def _to_host(tree: Any) -> Any:
     if isinstance(tree, (list, tuple)):
         return type(tree)(_to_host(value) for value in tree)
     return tree
-
