@@ -198,9 +198,12 @@ def test_spike_hooks_ask_for_a_probe_now_and_tell_the_edge():
 def test_oscillation_hooks_set_the_cosine_and_add_a_sign_at_a_probe():
     detector = OscillationDetector(threshold=-0.5)
     direction = torch.tensor([1.0, -2.0])
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizers = [torch.optim.SGD([param], lr=0.1)]
     obs = None
     for step in range(3, 6):
-        obs = Observation(step, 5, loss=1.0, params=[direction * (-1) ** step])
+        param.data = direction * (-1) ** step
+        obs = Observation(step, 5, loss=1.0, optimizers=optimizers)
         assert detector.on_step(obs) == []
     assert obs.update_cosine == pytest.approx(-1.0)
     assert detector.on_probe(obs) == [] and obs.signs == []  # the probe failed: no curvature, no sign

@@ -28,12 +28,11 @@ loss again (the run recovered).
 from __future__ import annotations
 
 import math
-import statistics
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from naggs_lightning.callbacks.detector import Decision, Detector, Observation
+from naggs_lightning.callbacks.window import MedianWindow
 
 __all__ = ["CollapseDetector"]
 
@@ -61,7 +60,7 @@ class CollapseDetector(Detector):
         if not 0.0 < near < 1.0 - fall:
             raise ValueError(f"CollapseDetector near must be in (0, 1 - fall) = (0, {1.0 - fall:g}), got {near!r}")
         self.window, self.fall, self.jump, self.near = window, fall, jump, near
-        self.losses: deque[float] = deque(maxlen=window)
+        self.losses = MedianWindow(window)
         self.initial: float | None = None
         self.lowest: float | None = None  # the lowest median, once it fell to ``fall`` x initial
         self.highest: float | None = None  # the highest loss, once it jumped to ``jump`` x initial
@@ -102,7 +101,7 @@ class CollapseDetector(Detector):
             self.highest = max(loss, self.highest or loss)
         if len(self.losses) < self.window:
             return False, None
-        median = statistics.median(self.losses)
+        median = self.losses.median()
         if median <= self.fall * self.initial:
             self.lowest = min(median, self.lowest or median)
             self.diverging = False  # progress again: a collapse episode is over
@@ -129,6 +128,6 @@ class CollapseDetector(Detector):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.losses = deque(state["losses"], maxlen=self.window)
+        self.losses = MedianWindow(self.window, state["losses"])
         self.initial, self.lowest, self.highest = state["initial"], state["lowest"], state["highest"]
         self.held, self.diverging, self.pending = state["held"], state["diverging"], state["pending"]

@@ -43,10 +43,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from naggs_lightning.callbacks.groups import trained_params
 
 if TYPE_CHECKING:
     from torch import Tensor
+    from torch.optim import Optimizer
 
     from naggs_lightning.callbacks.groups import GroupStability
 
@@ -66,8 +70,8 @@ class Observation:
     """The monitor's probe interval (scheduled probes fall on its multiples, and after step 1)."""
     loss: float | None = None
     """The batch's training loss (averaged across DDP ranks); before the step on a probed batch."""
-    params: Sequence[Tensor] = ()
-    """The trained parameters (from :meth:`Detector.on_step` on)."""
+    optimizers: Sequence[Optimizer] = field(default=(), repr=False)
+    """The trainer's optimizers (:attr:`params` is read from them)."""
     update_cosine: float | None = None
     """The cosine between the last two parameter updates, when measured (the oscillation detector sets it)."""
     lambda_max: float | None = None
@@ -89,6 +93,11 @@ class Observation:
     without the curvature, :mod:`~naggs_lightning.callbacks.lr_cap`)."""
     notes: dict[str, Any] = field(default_factory=dict)
     """What detectors add to the probe's record in :attr:`SpectralStabilityMonitor.history` (the edge's zone)."""
+
+    @cached_property
+    def params(self) -> list[Tensor]:
+        """The trained parameters, gathered from :attr:`optimizers` when first read (most batches never do)."""
+        return trained_params(self.optimizers)
 
     @property
     def probed(self) -> bool:

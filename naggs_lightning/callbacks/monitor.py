@@ -121,6 +121,10 @@ class SpectralStabilityMonitor(Callback):
         )
         _check(algorithm in ("lanczos", "power"), f"algorithm must be 'lanczos' or 'power', got {algorithm!r}")
         self.detectors = _checked_detectors(default_detectors() if detectors is None else detectors)
+        # The per-batch hooks call only the detectors that override them (the loop runs every batch).
+        self._on_batch = [d for d in self.detectors if type(d).on_batch is not Detector.on_batch]
+        self._on_step = [d for d in self.detectors if type(d).on_step is not Detector.on_step]
+        self._lrs: list[float] = []  # the groups' lrs at the last step: the schedule reads them when they move
         self.every_n_steps, self.on_unstable = every_n_steps, on_unstable
         self.solver = {"max_iter": max_iter, "tol": tol, "algorithm": algorithm}
         self.method = method
@@ -198,22 +202,28 @@ class SpectralStabilityMonitor(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        # Every batch: keep this path lean (the overhead budget is a few percent of a 2 ms step).
         loss = _loss_of(outputs)
         if loss is not None and trainer.world_size > 1:
             loss = trainer.strategy.reduce(loss.detach().float(), reduce_op="mean")
-        obs = Observation(trainer.global_step, self.every_n_steps, loss=float(loss) if loss is not None else None)
-        for detector in self.detectors:
-            self._without_curvature(trainer, obs, detector.on_batch(obs))
+        optimizers = trainer.optimizers
+        obs = Observation(
+            trainer.global_step, self.every_n_steps, loss=None if loss is None else float(loss), optimizers=optimizers
+        )
+        for detector in self._on_batch:
+            if decisions := detector.on_batch(obs):
+                self._without_curvature(trainer, obs, decisions)
         if obs.loss is not None and not math.isfinite(obs.loss):  # no step or curvature to read
             return
         if obs.step == self._last_step:  # gradient accumulation: no optimizer step on this batch
             return
         self._last_step = obs.step
-        obs.params = trained_params(trainer.optimizers)
-        for detector in self.detectors:
-            self._without_curvature(trainer, obs, detector.on_step(obs))
-        lrs = {key: float(group["lr"]) for key, _, _, group in param_groups(trainer.optimizers)}
-        if self.schedule.observe(obs.step, lrs):
+        for detector in self._on_step:
+            if decisions := detector.on_step(obs):
+                self._without_curvature(trainer, obs, decisions)
+        lrs = [float(group["lr"]) for opt in optimizers for group in opt.param_groups]
+        moved, self._lrs = lrs != self._lrs, lrs
+        if moved and self.schedule.observe(obs.step, {key: lr for (key, *_), lr in zip(param_groups(optimizers), lrs)}):
             report.info(f"step {obs.step}: the lr rose; probing the curvature densely again.")
             self._snapshot = Snapshot(pl_module, trainer.optimizers, trainer.global_step) if self.rollback else None
         elif self._snapshot is not None and not self.schedule.dense(obs.step):
@@ -241,7 +251,7 @@ class SpectralStabilityMonitor(Callback):
     def _without_curvature(self, trainer: pl.Trainer, obs: Observation, decisions: Sequence[Decision]) -> None:
         """Act on a divergence seen without a curvature (a non-finite loss, a failed probe): warn, maybe stop."""
         for reason in self._follow(obs, decisions):
-            params = obs.params or trained_params(trainer.optimizers)
+            params = obs.params
             finite = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
             stop, words = NonFiniteLossDetector.action(self.on_unstable, finite)
             report.warn(f"step {obs.step}: {reason}; {words}.")

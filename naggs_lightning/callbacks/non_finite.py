@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
-from naggs_lightning._checks import all_finite
 from naggs_lightning.callbacks.detector import Decision, Detector, Observation
 
 __all__ = ["NonFiniteLossDetector"]
@@ -42,7 +42,7 @@ class NonFiniteLossDetector(Detector):
 
     def check(self, loss: float) -> tuple[bool, str | None]:
         """``(should_act, reason)`` for one batch's loss; acts once per episode."""
-        if all_finite(loss):
+        if math.isfinite(loss):
             self.active = False
             return False, None
         start = not self.active

@@ -40,7 +40,8 @@ class OscillationDetector(Detector):
         self._update: tuple[int, Tensor] | None = None  # the update that led to it
 
     def on_step(self, obs: Observation) -> Sequence[Decision]:
-        obs.update_cosine = self.observe(obs.step, obs.params, obs.every_n_steps)
+        if _near_probe(obs.step, obs.every_n_steps):  # gathering the parameters costs: only when measuring
+            obs.update_cosine = self.observe(obs.step, obs.params, obs.every_n_steps)
         return []
 
     def on_probe(self, obs: Observation) -> Sequence[Decision]:
@@ -55,7 +56,7 @@ class OscillationDetector(Detector):
     def observe(self, step: int, params: Sequence[Tensor], every_n_steps: int) -> float | None:
         """Keep x and the last update over the two steps before a scheduled probe; the cosine at the probe."""
         n = every_n_steps
-        if not any((step + k) % n == 0 for k in (0, 1, 2)):
+        if not _near_probe(step, n):
             return None
         with torch.no_grad():
             x = torch.cat([p.detach().reshape(-1).float() for p in params])
@@ -87,6 +88,11 @@ class OscillationDetector(Detector):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._snapshot, self._update = state["snapshot"], state["update"]
+
+
+def _near_probe(step: int, every_n_steps: int) -> bool:
+    """Whether ``step`` is a scheduled probe or one of the two steps before it."""
+    return (-step) % every_n_steps <= 2
 
 
 def _to_cpu(entry: tuple[int, Tensor] | None) -> tuple[int, Tensor] | None:

@@ -40,18 +40,21 @@ class ProbeSchedule:
         if not (lr_rise > 0 and math.isfinite(lr_rise)):
             raise ValueError(f"lr_rise must be finite and > 0, got {lr_rise!r}")
         self.every_n_steps, self.growth, self.lr_rise = every_n_steps, growth, lr_rise
-        self.start = 0
         self.lrs: dict[str, float] = {}  # each group's lowest lr since the dense phase last started
+        self._offsets: list[int] = []
+        offset = 1
+        while growth > 0 and (offset == 1 or offset < every_n_steps / 4):
+            self._offsets.append(offset)
+            offset *= growth
+        self._set_start(0)
+
+    def _set_start(self, step: int) -> None:
+        self.start = step
+        self._dense_steps = frozenset(step + o for o in self._offsets)  # due() asks every step
 
     def dense_steps(self) -> list[int]:
         """The dense phase's probe steps from the current start."""
-        if self.growth == 0:
-            return []
-        offsets, offset = [], 1
-        while offset == 1 or offset < self.every_n_steps / 4:
-            offsets.append(offset)
-            offset *= self.growth
-        return [self.start + o for o in offsets]
+        return sorted(self._dense_steps)
 
     def dense(self, step: int) -> bool:
         """Whether ``step`` falls in the dense phase (from its start to ``every_n_steps / 4`` steps after it)."""
@@ -59,26 +62,30 @@ class ProbeSchedule:
 
     def due(self, step: int) -> bool:
         """Whether a probe is scheduled at ``step``."""
-        return step % self.every_n_steps == 0 or step in self.dense_steps()
+        return step % self.every_n_steps == 0 or step in self._dense_steps
 
     def observe(self, step: int, lrs: Mapping[str, float]) -> bool:
         """Read the groups' lrs at ``step`` (before the step is probed); restart the dense phase if one rose.
         Returns whether it restarted."""
-        rose = self.growth > 0 and any(
-            lr > (1.0 + self.lr_rise) * self.lrs[key] for key, lr in lrs.items() if key in self.lrs
-        )
-        if rose:
+        if self.growth == 0:
+            return False
+        rise, lowest = 1.0 + self.lr_rise, self.lrs
+        if any(key in lowest and lr > rise * lowest[key] for key, lr in lrs.items()):
             self.restart(step, lrs)
-        else:
-            self.lrs = {key: min(lr, self.lrs.get(key, lr)) for key, lr in lrs.items()}
-        return rose
+            return True
+        for key, lr in lrs.items():
+            if key not in lowest or lr < lowest[key]:
+                lowest[key] = lr
+        return False
 
     def restart(self, step: int, lrs: Mapping[str, float]) -> None:
         """Start the dense phase again at ``step`` (an lr rise; a roll-back), from the groups' lrs ``lrs``."""
-        self.start, self.lrs = step, dict(lrs)
+        self._set_start(step)
+        self.lrs = dict(lrs)
 
     def state_dict(self) -> dict[str, Any]:
         return {"start": self.start, "lrs": dict(self.lrs)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.start, self.lrs = state["start"], dict(state["lrs"])
+        self._set_start(state["start"])
+        self.lrs = dict(state["lrs"])

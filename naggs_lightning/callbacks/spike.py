@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import statistics
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from naggs_lightning.callbacks.detector import Decision, Detector, Observation
+from naggs_lightning.callbacks.window import MedianWindow
 
 __all__ = ["SpikeDetector"]
 
@@ -42,7 +41,8 @@ class SpikeDetector(Detector):
         self.factor = factor
         self.min_rise = min_rise
         self.window = window
-        self.losses: deque[float] = deque(maxlen=window)
+        self.losses = MedianWindow(window)
+        self._needed = max(3, window // 2)  # losses before the median is trusted
         self.scale = 0.0
         self.active = False
 
@@ -63,8 +63,8 @@ class SpikeDetector(Detector):
     def check(self, loss: float) -> tuple[bool, str | None]:
         """``(should_act, reason)``: act at the first loss of a spike; the loss joins the window either way."""
         start, reason = False, None
-        if len(self.losses) >= max(3, self.losses.maxlen // 2):
-            median = statistics.median(self.losses)
+        if len(self.losses) >= self._needed:
+            median = self.losses.median()
             self.scale = max(self.scale, median)
             spike = median > 0 and loss > self.factor * median and loss - median > self.min_rise * self.scale
             start = spike and not self.active
@@ -81,6 +81,6 @@ class SpikeDetector(Detector):
         return {"losses": list(self.losses), "scale": self.scale, "active": self.active}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.losses = deque(state["losses"], maxlen=self.losses.maxlen)
+        self.losses = MedianWindow(self.window, state["losses"])
         self.scale = state["scale"]
         self.active = state["active"]
