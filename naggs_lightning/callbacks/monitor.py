@@ -27,7 +27,7 @@ from naggs_lightning.callbacks.lr_cap import LrCap
 from naggs_lightning.callbacks.non_finite import NonFiniteLossDetector
 from naggs_lightning.callbacks.oscillation import OscillationDetector
 from naggs_lightning.callbacks.rollback import Snapshot
-from naggs_lightning.callbacks.schedule import ProbeSchedule
+from naggs_lightning.callbacks.schedule import DENSE_GROWTH, ProbeSchedule
 from naggs_lightning.callbacks.spike import SpikeDetector
 from naggs_lightning.curvature import Algorithm, Method, NonFiniteCurvatureError, optimizer_metric, probe_batch
 
@@ -50,8 +50,8 @@ def default_detectors() -> list[Detector]:
 class SpectralStabilityMonitor(Callback):
     r"""Estimate the loss Hessian's top eigenvalue during training and tell the edge of stability from divergence.
 
-    Every ``every_n_steps`` optimizer steps, and densely early in training and after the lr rose (steps 1, 4, 16,
-    64 from the start: :mod:`naggs_lightning.callbacks.schedule`), it measures the current batch with
+    Every ``every_n_steps`` optimizer steps, and densely early in training and after the lr rose (steps 1, 8, 64
+    from the start: :mod:`naggs_lightning.callbacks.schedule`), it measures the current batch with
     :func:`naggs_lightning.curvature.probe_batch` (side-effect free): :math:`\lambda_{max}` of the loss's
     Hessian (warm-started Lanczos), the batch sharpness (logged for comparison) and the loss after the step. Each
     param group's edge comes from :mod:`naggs_lightning.callbacks.groups` (NAG-GS :math:`\lambda_{stab}(\alpha)`,
@@ -104,7 +104,7 @@ class SpectralStabilityMonitor(Callback):
         *,
         on_unstable: Literal["warn", "cap_lr", "stop"] = "warn",
         detectors: list[Detector] | None = None,
-        dense_growth: int = 4,
+        dense_growth: int = DENSE_GROWTH,
         safety_factor: float = 0.9,
         rollback: bool = True,
         max_iter: int = 20,
