@@ -11,19 +11,24 @@ again for the next run) and the driver into a :class:`KeyboardInterrupt` for its
 Optuna's own bookkeeping (creating a trial, recording its end, creating and seeding a study) must
 not be cut in half: inside :meth:`InterruptGuard.deferred` a Ctrl-C is only recorded and raised
 when the block ends.
+
+A ``ddp_spawn`` trial's rank processes are ended with everything they started
+(:func:`kill_process_trees`): a Ctrl-C sent to the study's process alone (``kill -INT``) reaches no
+other process, and a rank's DataLoader workers, orphaned, could live on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-__all__ = ["Interrupted", "InterruptGuard", "StopOnInterrupt"]
+__all__ = ["Interrupted", "InterruptGuard", "StopOnInterrupt", "kill_process_trees"]
 
 
 class Interrupted(BaseException):
@@ -121,3 +126,49 @@ class StopOnInterrupt(Callback):
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if self.guard is not None:
             self.guard.check()
+
+
+def _children(parents: set[int]) -> set[int]:
+    """The processes whose parent is in ``parents``, read from ``/proc`` (none where there is no ``/proc``)."""
+    found: set[int] = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read()
+        except OSError:  # it ended meanwhile
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses; the fields after its last ")" do not
+        if int(fields[fields.rfind(b")") + 2 :].split()[1]) in parents:
+            found.add(int(entry))
+    return found
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(OSError):  # ended already, or not ours to signal
+        os.kill(pid, signum)
+
+
+def kill_process_trees(pids: Iterable[int]) -> None:
+    """SIGKILL the processes ``pids`` and every process below them (their DataLoader workers, say).
+
+    Killing a rank alone orphans its children: a DataLoader worker notices its parent is gone only by
+    polling, and one still starting when the rank dies never does (it records the new parent, init, as
+    its own and waits for work for ever). Each generation is stopped (SIGSTOP) before the next is looked
+    up: a stopped process can neither start a child nor reap one, so none is missed and no process id
+    is reused meanwhile. Without ``/proc`` (not Linux) only ``pids`` themselves are killed.
+    """
+    tree: set[int] = set()
+    generation = set(pids)
+    while generation:
+        for pid in generation:
+            _signal(pid, signal.SIGSTOP)
+        tree |= generation
+        generation = _children(generation) - tree
+    for pid in tree:
+        _signal(pid, signal.SIGKILL)

@@ -38,7 +38,7 @@ from naggs_lightning.callbacks import SpectralStabilityMonitor
 from naggs_lightning.callbacks.report import METRIC_PREFIX
 from naggs_lightning.tune.config import get_path, with_params
 from naggs_lightning.tune.errors import TuneError
-from naggs_lightning.tune.interrupts import Interrupted, InterruptGuard, StopOnInterrupt
+from naggs_lightning.tune.interrupts import Interrupted, InterruptGuard, StopOnInterrupt, kill_process_trees
 from naggs_lightning.tune.keys import PRUNED_REASON, RETRY_OF, SEEDED, SURPLUS, WORKER, WORLD_SIZE
 from naggs_lightning.tune.space import SearchSpace
 from naggs_lightning.tune.trial_outputs import (
@@ -456,10 +456,17 @@ def stop_reason(trial: optuna.trial.Trial) -> str | None:
 
 
 def _stop_ranks(trainer: Trainer) -> None:
-    """Ctrl-C during a ``ddp_spawn`` fit: the rank processes would train on; end them."""
-    kill = getattr(trainer.strategy.launcher, "kill", None)
-    if kill is not None and trainer.world_size > 1:
-        kill(signal.SIGKILL)
+    """Ctrl-C during a ``ddp_spawn`` fit: the rank processes would train on; end them and what they started."""
+    launcher = trainer.strategy.launcher
+    if trainer.world_size <= 1 or launcher is None:
+        return
+    procs = getattr(launcher, "procs", None)  # the rank processes of Lightning's _MultiProcessingLauncher
+    if procs is None:
+        launcher.kill(signal.SIGKILL)
+        return
+    kill_process_trees(proc.pid for proc in procs if proc.is_alive())
+    for proc in procs:
+        proc.join(timeout=10)  # reaped now, not left as zombies while the study's process lives on
 
 
 def _queue_again(trial: optuna.trial.Trial) -> None:
