@@ -103,15 +103,24 @@ def test_seeded_trials_keep_the_best_step_and_skip_only_failures_above_it():
 
     from naggs_lightning.lr.readings import BracketRun
     from naggs_lightning.lr.seed import theory_seed
-    from naggs_lightning.tune.seeding import seeded_ratios
+    from naggs_lightning.tune.seeding import ratio_range, seeded_ratios
 
     seed = theory_seed(20.0, 0.03, 0.03)
 
-    def bracketed(best: float, *runs: tuple[float, str]) -> list[float]:
-        found = Bracket(tuple(BracketRun(f, f, 1.0, o) for f, o in runs), 2.3, 40, 0.1)
-        return seeded_ratios(replace(seed, alpha=best * seed.theory_step, bracket=found), 3, 4.0)
+    def bracketed(best: float, *runs: tuple[float, str]) -> tuple[list[float], tuple[float, float]]:
+        found = Bracket(tuple(BracketRun(f, f, 1.0, o) for f, o in runs), 2.3, 40, 0.1) if runs else None
+        seeded = replace(seed, alpha=best * seed.theory_step, bracket=found)
+        bounds = ratio_range(seeded, 4.0)
+        return seeded_ratios(seeded, 3, bounds), bounds
 
-    assert bracketed(1.0) == [1.0, 0.5, 2.0]
-    assert bracketed(2.0, (1.0, "trains"), (2.0, "trains"), (4.0, "collapsed")) == [2.0, 1.0, 0.5]
+    assert bracketed(1.0) == ([1.0, 0.5, 2.0], (0.25, 4.0))  # no bracket: the window around the theory's step
+
+    # the search ends half a doubling past the largest multiple that did not fail (log-midway to one that did)
+    def root2(x: float):
+        return pytest.approx(x * 2**0.5)
+
+    assert bracketed(1.0, (1.0, "trains"), (2.0, "no better")) == ([1.0, 0.5, 2.0], (0.25, root2(2)))
+    assert bracketed(2.0, (1.0, "trains"), (2.0, "trains"), (4.0, "collapsed")) == ([2.0, 1.0, 0.5], (0.5, root2(2)))
+    assert bracketed(4.0, (1.0, "trains"), (2.0, "trains"), (4.0, "trains")) == ([4.0, 2.0, root2(4)], (1.0, root2(4)))
     # nothing trained in the short runs (a slow start, then a collapse): the theory's step is still tried first
-    assert bracketed(1.0, (1.0, "slow"), (2.0, "collapsed")) == [1.0, 0.5, 0.25]
+    assert bracketed(1.0, (1.0, "slow"), (2.0, "collapsed")) == ([1.0, 0.5, 0.25], (0.25, root2(1)))

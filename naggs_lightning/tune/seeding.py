@@ -77,14 +77,15 @@ def seed_new_study(probe: TrialParts, declared: SearchSpace, reference: dict[str
         optimizer=hyper.kind,  # AdaNAGGS: warm-up and bracket in its metric, the preconditioned sharpness
     )
     declared = _theory_ranges(declared, seed, mu, fixed_gamma)
+    low, high = ratio_range(seed, opts.seed_window)
     relative = RelativeAlpha(
-        seed.lambda_max, seed.safety, opts.seed_window, alpha_dist.low, alpha_dist.high, fixed_gamma
+        seed.lambda_max, seed.safety, opts.seed_window, alpha_dist.low, alpha_dist.high, fixed_gamma, low, high
     )
     base = {name: reference[name] for name in declared.distributions if name != declared.alpha}
     if declared.gamma in declared.distributions:
         base[declared.gamma] = gamma
     base = declared.encode(base)
-    ratios = seeded_ratios(seed, opts.seed_trials, opts.seed_window)
+    ratios = seeded_ratios(seed, opts.seed_trials, (low, high))
     enqueued = [{**base, keys.ALPHA_RATIO: ratio} for ratio in ratios]
     first = relative.alpha(ratios[0], mu, gamma)
     note = (
@@ -109,18 +110,41 @@ def _theory_ranges(declared: SearchSpace, seed: TheorySeed, mu: float, fixed_gam
     return declared
 
 
-def seeded_ratios(seed: TheorySeed, count: int, window: float) -> list[float]:
+def ratio_range(seed: TheorySeed, window: float) -> tuple[float, float]:
+    """The range of alpha / (theory's step) a seeded study searches: from ``b / window`` (``b`` the bracket's best
+    multiple) to half a doubling (a factor sqrt 2) past the largest multiple whose short run did not collapse or
+    diverge; ``[1/window, window]`` without a bracket. The bracket doubles its step, so where the next multiple
+    failed the range ends at the log-midpoint between the two.
+
+    Chosen on the panel of user models (``benchmarks/panel.py``, median of 3 sampler seeds): with ``[1/4, 4]`` the
+    sampled trials above the bracket's next multiple nearly all ended near chance (the MLP at 2.2-3.6x: 0.110-0.224;
+    the Transformer, whose 2x short run had collapsed, at 2.0-3.6x: 0.000-0.129); stopping at the next multiple
+    itself cost the BN-ResNet its best trials (0.974 after 20 against 0.984; a 40-step run undervalues the larger
+    step a BatchNorm network prefers later); half a doubling past it kept them (0.980)."""
+    runs = seed.bracket.runs if seed.bracket else ()
+    if not runs:
+        return 1.0 / window, window
+    best = seed.alpha / seed.theory_step
+    held = [r.factor for r in runs if r.outcome not in ("collapsed", "diverged") and r.factor >= best]
+    return best / window, math.sqrt(2.0) * max(held, default=best)
+
+
+def seeded_ratios(seed: TheorySeed, count: int, bounds: tuple[float, float]) -> list[float]:
     """alpha / (theory's step) of the seeded trials: the bracket's best ``b``, then b/2, 2b, b/4, 4b, ...,
-    skipping multiples at or past a short run that collapsed or diverged, within ``[1/window, window]``."""
+    skipping multiples at or past a short run that collapsed or diverged, within ``bounds``
+    (:func:`ratio_range`)."""
     best = seed.alpha / seed.theory_step
     runs = seed.bracket.runs if seed.bracket else ()
     failed = (r.factor for r in runs if r.outcome in ("collapsed", "diverged") and r.factor > best)
     ceiling = min(failed, default=math.inf)
+    low, high = bounds
     ratios: list[float] = []
     for j in range(4 * count):
         ratio = best * 2.0 ** (((j + 1) // 2) * (-1 if j % 2 else 1))
-        ratio = min(max(ratio, 1.0 / window), window)
-        if ratio < ceiling and ratio not in ratios:
+        if ratio >= ceiling:
+            continue
+        ratio = min(max(ratio, low), high)
+        if ratio not in ratios:
             ratios.append(ratio)
         if len(ratios) == count:
             break

@@ -235,7 +235,8 @@ class RelativeAlpha:
     r"""alpha searched as a multiple of the theory's step for each trial's own mu and gamma.
 
     The study samples the ratio :math:`r` (``alpha/seed`` in the trials' parameters) log-uniformly
-    in ``[1 / window, window]`` and trains with
+    in ``[ratio_low, ratio_high]`` (by default ``[1 / window, window]``; a seeded study narrows it to what the
+    short runs of its bracket found: :func:`~naggs_lightning.tune.seeding.ratio_range`) and trains with
 
     .. math::
 
@@ -257,10 +258,14 @@ class RelativeAlpha:
     low: float
     high: float
     fixed_gamma: bool = False
+    ratio_low: float | None = None
+    ratio_high: float | None = None
 
     def distribution(self) -> FloatDistribution:
         """The distribution of the ratio."""
-        return FloatDistribution(1.0 / self.window, self.window, log=True)
+        low = 1.0 / self.window if self.ratio_low is None else self.ratio_low
+        high = self.window if self.ratio_high is None else self.ratio_high
+        return FloatDistribution(low, high, log=True)
 
     def seed(self, mu: float, gamma: float) -> TheorySeed:
         """The theory seed of a trial at ``mu`` and starting ``gamma`` (taken at gamma = mu unless fixed_gamma)."""
