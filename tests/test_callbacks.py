@@ -570,7 +570,7 @@ def test_state_dict_round_trips_each_detector_under_its_name():
     state = monitor.state_dict()
     assert set(state["detectors"]) == {"non_finite", "spike", "edge", "loss_above"}
     assert state["detectors"]["spike"] == {"losses": [1.0, 1.0, 1.0, 9.0], "scale": 1.0, "active": True}
-    assert state["detectors"]["edge"] == {"reached": True, "diverging": False, "recheck": 2}
+    assert state["detectors"]["edge"] == {"reached": True, "diverging": False, "recheck": 2, "past": [3.0]}
     assert state["detectors"]["loss_above"] == {"diverging": True}
     restored = SpectralStabilityMonitor(
         detectors=[NonFiniteLossDetector(), SpikeDetector(window=4), EdgeOfStabilityDetector(), LossAbove()]

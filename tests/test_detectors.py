@@ -238,7 +238,38 @@ def test_edge_hooks_inform_once_decide_with_the_signs_and_recheck_past_the_edge(
     assert probe(12, None)[1] == []  # a failed probe: nothing to read
     restored = EdgeOfStabilityDetector()
     restored.load_state_dict(detector.state_dict())
-    assert restored.state_dict() == detector.state_dict() == {"reached": True, "diverging": True, "recheck": 1}
+    assert (
+        restored.state_dict()
+        == detector.state_dict()
+        == {
+            "reached": True,
+            "diverging": True,
+            "recheck": 1,
+            "past": [],
+        }
+    )
+
+
+def test_a_curvature_growing_at_successive_probes_past_the_edge_is_a_divergence_sign():
+    detector = EdgeOfStabilityDetector()
+
+    def probe(step, ratio):
+        return list(detector.on_probe(Observation(step, 500, loss=1.0, lambda_max=ratio, edge_ratio=ratio)))
+
+    # The numbers of the deep digits CNN at 2x its best step (seed 1), steps 232-239: the third growing reading.
+    assert [d.action for d in probe(232, 2.30)] == ["inform", "probe"]
+    assert [d.action for d in probe(233, 2.86)] == ["probe"]
+    (decision,) = probe(235, 3.59)
+    assert decision.action == "diverging" and "(2.30x -> 2.86x -> 3.59x)" in decision.reason
+    # Past the edge but not growing, or interrupted by a reading below it: no sign.
+    calm = EdgeOfStabilityDetector()
+    readings = [3.0, 2.5, 3.0, 0.5, 2.2, 2.4]
+    assert all(
+        d.action != "diverging"
+        for k, r in enumerate(readings)
+        for d in calm.on_probe(Observation(k, 500, loss=1.0, lambda_max=r, edge_ratio=r))
+    )
+    assert calm.past == [2.2, 2.4]
 
 
 def test_detector_base_has_no_op_hooks_a_name_and_a_repr():
