@@ -22,7 +22,7 @@ from naggs_lightning.callbacks import report
 from naggs_lightning.callbacks.collapse import CollapseDetector
 from naggs_lightning.callbacks.detector import Decision, Detector, Observation
 from naggs_lightning.callbacks.edge import EdgeOfStabilityDetector
-from naggs_lightning.callbacks.groups import group_stability, in_metric, param_groups, trained_params
+from naggs_lightning.callbacks.groups import group_stability, in_metric, param_groups
 from naggs_lightning.callbacks.lr_cap import LrCap
 from naggs_lightning.callbacks.non_finite import NonFiniteLossDetector
 from naggs_lightning.callbacks.oscillation import OscillationDetector
@@ -292,7 +292,7 @@ class SpectralStabilityMonitor(Callback):
     ) -> None:
         self._probe_at = None
         self._impose_caps(trainer)  # the edge is read at the lr the next step takes
-        params = trained_params(trainer.optimizers)
+        params = obs.params
         if not params:
             return
         sync, step = trainer.world_size > 1, obs.step

@@ -11,7 +11,8 @@ Collapses happen early: in the first few dozen steps of a run, or of a larger st
 taken where the monitor's dense phase starts (the start of training, an lr rise:
 :class:`~naggs_lightning.callbacks.schedule.ProbeSchedule`) and released where it ends; a collapse later than that
 is only capped (:data:`~naggs_lightning.callbacks.lr_cap.COLLAPSE_FRACTION`). The snapshot lives in host memory,
-one copy of the module's and the optimizers' state, only while the dense phase lasts.
+one copy of the module's and the optimizers' state, only while the dense phase lasts. It is not saved in
+checkpoints: a run resumed inside a dense phase takes a new one where it resumes.
 
 What is restored: the module's ``state_dict`` and each optimizer's state and param-group values (NAG-GS's evolving
 gamma, AdaNAGGS's metric), except the lrs, which stay whatever the user, a scheduler or the cap set since (a

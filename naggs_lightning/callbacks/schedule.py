@@ -22,9 +22,10 @@ __all__ = ["DENSE_GROWTH", "ProbeSchedule"]
 
 DENSE_GROWTH = 8
 """The default ratio between the dense phase's probe offsets (1, 8, 64). Chosen on
-``benchmarks/monitor_collapse.py``: with 4 (1, 4, 16, 64) the digits MLP at 2x its best step was flagged only at step
-128 (its step-4 probe read the edge, its step-16 probe 6x past it, neither with a divergence sign) and the probes cost 3.04 % of the digits
-CNN's 3000-step run; with 8 every run of the table is flagged by step 36, one probe fewer."""
+``benchmarks/monitor_collapse.py``: with 4 (1, 4, 16, 64) the digits MLP at 2x its best step was flagged only at
+step 128 (its step-4 probe read the edge, its step-16 probe 6x past it, neither with a divergence sign) and the
+callback cost 3.04 % of the digits CNN's 3000-step run; with 8 every run of the table (seed 0) is flagged by step
+36, one probe fewer."""
 
 
 class ProbeSchedule:
