@@ -175,7 +175,8 @@ class Scheduled(SignalCNN):
         ]
 
 
-def signal_fit(model, monitor, steps: int) -> tuple[pl.Trainer, list[str]]:
+def signal_fit(model, monitor, steps: int, *after: pl.Callback) -> tuple[pl.Trainer, list[str]]:
+    """Train ``model`` on the signal data under ``monitor`` (then the callbacks ``after``); the StabilityWarnings."""
     trainer = pl.Trainer(
         max_steps=steps,
         logger=False,
@@ -183,7 +184,7 @@ def signal_fit(model, monitor, steps: int) -> tuple[pl.Trainer, list[str]]:
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[monitor],
+        callbacks=[monitor, *after],
     )
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always", StabilityWarning)
@@ -280,18 +281,7 @@ def test_a_collapse_in_the_dense_phase_rolls_the_weights_back_to_the_start():
     recorder = Recorder(monitor)
     pl.seed_everything(0, verbose=False)
     model = SignalCNN(lr=0.8, mu=0.1, gamma=0.1)  # 4x the best step: collapses within 20 steps
-    trainer = pl.Trainer(
-        max_steps=40,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[monitor, recorder],
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", StabilityWarning)
-        trainer.fit(model, datamodule=SignalDataModule())
+    signal_fit(model, monitor, 40, recorder)
     assert recorder.after_rollback is not None
     for now, then in zip(recorder.after_rollback, recorder.initial):
         torch.testing.assert_close(now, then, rtol=0, atol=0)
