@@ -42,7 +42,7 @@ from naggs_lightning.curvature import estimate_batch_sharpness, estimate_top_eig
 from naggs_lightning.tasks import DigitsDataModule
 
 NAGGS_ALPHAS = (0.6, 1.2, 2.4)
-ADANAGGS_ALPHAS = (0.01, 0.03)  # mu = gamma = 1; 0.03 is AdaNAGGS's default
+ADANAGGS_ALPHAS = (0.01, 0.03)  # mu = gamma = 1; 0.03 was AdaNAGGS's default lr at mu = gamma = 1
 SGD_SETTINGS = ((0.5, 0.5), (0.3, 0.9))  # (eta, beta)
 BATCH_SIZES = (64, 256)
 

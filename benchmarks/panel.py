@@ -8,6 +8,7 @@ the final validation accuracy (median over ``--seeds``; a run whose loss went no
 Parts (``--parts``):
 
 * ``defaults``: ``NAGGS(model.parameters())`` at its defaults; torch SGD-Nesterov (0.1, 0.9); AdamW (1e-3).
+* ``ada_defaults``: AdaNAGGS at the (lr, mu = gamma) pairs its defaults were chosen among (``ADANAGGS_PAIRS``).
 * ``lr_find``: Lightning's ``Tuner.lr_find`` (its defaults, 100 steps) for SGD-Nesterov, AdamW and NAGGS, each then
   trained at the suggestion; NAGGS also at ``naggs_lightning.suggest_lr``'s lr; the seconds each tool took.
 * ``tune``: best validation accuracy after k trials (median over sampler seeds) of ``naggs-tune``
@@ -162,6 +163,26 @@ def part_defaults(models: list[Model], seeds: list[int], naggs_args: dict[str, A
     return out
 
 
+#: The (lr, mu = gamma) pairs AdaNAGGS's defaults were chosen among (lr 0.03 at mu = gamma = 1: the earlier default).
+ADANAGGS_PAIRS = ((0.03, 1.0), (0.1, 10.0), (0.05, 10.0), (0.1, 3.0), (0.03, 3.0))
+
+
+def part_ada_defaults(models: list[Model], seeds: list[int]) -> dict[str, dict[str, float]]:
+    from naggs_lightning import AdaNAGGS
+
+    out: dict[str, dict[str, float]] = {}
+    for model in models:
+        print(f"{model.name} (chance {model.chance})", flush=True)
+        out[model.name] = {}
+        for lr, mu in ADANAGGS_PAIRS:
+            label = f"AdaNAGGS(lr={lr:g}, mu=gamma={mu:g})"
+            factory = lambda params, lr_, mu=mu: AdaNAGGS(params, lr=lr_, mu=mu, gamma=mu)  # noqa: E731
+            scores = [train(model, factory, lr, s) for s in seeds]
+            out[model.name][label] = _median(scores)
+            print(_row(label, scores), flush=True)
+    return out
+
+
 def part_lr_find(models: list[Model], seeds: list[int]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for model in models:
@@ -279,7 +300,9 @@ def part_tune(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["defaults", "lr_find"], choices=["defaults", "lr_find", "tune"])
+    parser.add_argument(
+        "--parts", nargs="+", default=["defaults", "lr_find"], choices=["defaults", "ada_defaults", "lr_find", "tune"]
+    )
     parser.add_argument("--models", nargs="+", default=list(PANEL), choices=[*PANEL, *HELD_OUT])
     parser.add_argument("--held-out", action="store_true", help="add the held-out GRU")
     parser.add_argument("--seeds", type=int, default=3)
@@ -301,6 +324,9 @@ def main() -> None:
     if "defaults" in args.parts:
         print("== defaults: final val_acc, median of seeds [each seed]")
         results["defaults"] = part_defaults(models, seeds, args.optimizer_args)
+    if "ada_defaults" in args.parts:
+        print("== AdaNAGGS's candidate defaults: final val_acc, median of seeds [each seed]")
+        results["ada_defaults"] = part_ada_defaults(models, seeds)
     if "lr_find" in args.parts:
         print("== at a found lr: final val_acc, median of seeds [each seed]")
         results["lr_find"] = part_lr_find(models, seeds)
