@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
+from torch.optim import Optimizer
 from typing_extensions import override
 
 from naggs_lightning.callbacks import report
@@ -223,9 +224,9 @@ class SpectralStabilityMonitor(Callback):
                 self._without_curvature(trainer, obs, decisions)
         lrs = [float(group["lr"]) for opt in optimizers for group in opt.param_groups]
         moved, self._lrs = lrs != self._lrs, lrs
-        if moved and self.schedule.observe(obs.step, {key: lr for (key, *_), lr in zip(param_groups(optimizers), lrs)}):
+        if moved and self.schedule.observe(obs.step, _lrs_by_group(optimizers)):
             report.info(f"step {obs.step}: the lr rose; probing the curvature densely again.")
-            self._snapshot = Snapshot(pl_module, trainer.optimizers, trainer.global_step) if self.rollback else None
+            self._snapshot = Snapshot(pl_module, optimizers, obs.step) if self.rollback else None
         elif self._snapshot is not None and not self.schedule.dense(obs.step):
             self._snapshot = None
         due = self.schedule.due(obs.step) or self._last_probe_step is None
@@ -359,13 +360,17 @@ class SpectralStabilityMonitor(Callback):
         self._snapshot.restore(pl_module, trainer.optimizers)
         for detector in self.detectors:
             detector.on_rollback()
-        lrs = {key: float(group["lr"]) for key, _, _, group in param_groups(trainer.optimizers)}
-        self.schedule.restart(step, lrs)
+        self.schedule.restart(step, _lrs_by_group(trainer.optimizers))
         report.info(
             f"step {step}: rolled the module and optimizer state back to step {self._snapshot.step}, before the "
             "collapse; training goes on from there at a lower lr, probing the curvature densely again."
         )
         return True
+
+
+def _lrs_by_group(optimizers: list[Optimizer]) -> dict[str, float]:
+    """Each param group's lr, keyed ``"optimizer_index/group_index"`` (what the schedule reads)."""
+    return {key: float(group["lr"]) for key, _, _, group in param_groups(optimizers)}
 
 
 def _checked_detectors(detectors: Any) -> list[Detector]:

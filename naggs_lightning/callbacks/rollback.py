@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from lightning.fabric.utilities.apply_func import apply_to_collection
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -87,11 +88,5 @@ def _put_back(state: dict[Tensor, dict[str, Any]], param: Tensor, saved: dict[st
 
 
 def _to_host(tree: Any) -> Any:
-    """A deep copy of a state dict with every tensor cloned to the CPU (``load_state_dict`` moves them back)."""
-    if isinstance(tree, Tensor):
-        return tree.detach().to("cpu", copy=True)
-    if isinstance(tree, dict):
-        return {key: _to_host(value) for key, value in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_to_host(value) for value in tree)
-    return tree
+    """A copy of a state dict with every tensor cloned to the CPU (``load_state_dict`` moves them back)."""
+    return apply_to_collection(tree, Tensor, lambda t: t.detach().to("cpu", copy=True))

@@ -155,6 +155,11 @@ class BracketRun:
     score: float
     outcome: Outcome
 
+    @property
+    def failed(self) -> bool:
+        """Whether the run collapsed or diverged (a step at or past it is not worth a full run)."""
+        return self.outcome in ("collapsed", "diverged")
+
 
 @dataclass(frozen=True)
 class Bracket:

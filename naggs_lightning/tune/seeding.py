@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from optuna.distributions import FloatDistribution
 
 from naggs_lightning.lr.measure import measured_seed, naggs_hyperparameters
+from naggs_lightning.lr.readings import BracketRun
 from naggs_lightning.lr.seed import TheorySeed
 from naggs_lightning.tune import keys
 from naggs_lightning.tune.space import DEFAULT_RANGES, RelativeAlpha, SearchSpace
@@ -95,6 +96,7 @@ def seed_new_study(probe: TrialParts, declared: SearchSpace, reference: dict[str
     )
     return seed, declared.seeded(relative), enqueued, note
 
+
 #: The momentum deficit 1 - beta at the theory's step that the default mu range spans (see the module docstring).
 MOMENTUM_DEFICIT = (0.02, 0.5)
 
@@ -121,11 +123,10 @@ def ratio_range(seed: TheorySeed, window: float) -> tuple[float, float]:
     the Transformer, whose 2x short run had collapsed, at 2.0-3.6x: 0.000-0.129); stopping at the next multiple
     itself cost the BN-ResNet its best trials (0.974 after 20 against 0.984; a 40-step run undervalues the larger
     step a BatchNorm network prefers later); half a doubling past it kept them (0.980)."""
-    runs = seed.bracket.runs if seed.bracket else ()
+    best, runs = _bracketed(seed)
     if not runs:
         return 1.0 / window, window
-    best = seed.alpha / seed.theory_step
-    held = [r.factor for r in runs if r.outcome not in ("collapsed", "diverged") and r.factor >= best]
+    held = [r.factor for r in runs if not r.failed and r.factor >= best]
     return best / window, math.sqrt(2.0) * max(held, default=best)
 
 
@@ -133,9 +134,8 @@ def seeded_ratios(seed: TheorySeed, count: int, bounds: tuple[float, float]) -> 
     """alpha / (theory's step) of the seeded trials: the bracket's best ``b``, then b/2, 2b, b/4, 4b, ...,
     skipping multiples at or past a short run that collapsed or diverged, within ``bounds``
     (:func:`ratio_range`)."""
-    best = seed.alpha / seed.theory_step
-    runs = seed.bracket.runs if seed.bracket else ()
-    failed = (r.factor for r in runs if r.outcome in ("collapsed", "diverged") and r.factor > best)
+    best, runs = _bracketed(seed)
+    failed = (r.factor for r in runs if r.failed and r.factor > best)
     ceiling = min(failed, default=math.inf)
     low, high = bounds
     ratios: list[float] = []
@@ -149,3 +149,8 @@ def seeded_ratios(seed: TheorySeed, count: int, bounds: tuple[float, float]) -> 
         if len(ratios) == count:
             break
     return ratios
+
+
+def _bracketed(seed: TheorySeed) -> tuple[float, tuple[BracketRun, ...]]:
+    """The bracket's best multiple of the theory's step, and its short runs (none without a bracket)."""
+    return seed.alpha / seed.theory_step, (seed.bracket.runs if seed.bracket else ())
