@@ -19,6 +19,7 @@ The names below follow THEORY.md of the project:
 * :func:`alpha_opt`: the optimal step :math:`\alpha^* = 2/(\sqrt\kappa - 1)` for gamma = mu.
 * :func:`alpha_crit`: the stability edge; :func:`lambda_stab`: the same edge read as a curvature.
 * :func:`heavy_ball_equivalent`: the Polyak heavy-ball ``(lr, momentum)`` of fixed-gamma NAG-GS.
+* :func:`adam_equivalent` / :func:`adanaggs_for_adam`: AdaNAGGS read as Adam ``(lr, beta1)``, and back.
 * :func:`scale_for_batch_size`: how hyper-parameters move when the batch size changes.
 
 mu here is the curvature floor of the model (the strong-convexity constant in the paper); in deep
@@ -44,6 +45,8 @@ __all__ = [
     "alpha_crit",
     "lambda_stab",
     "heavy_ball_equivalent",
+    "adam_equivalent",
+    "adanaggs_for_adam",
     "stationary_variance",
     "scale_for_batch_size",
     "classic_edge",
@@ -230,6 +233,37 @@ def heavy_ball_equivalent(alpha: ArrayLike, mu: ArrayLike, gamma: ArrayLike):
     _check_common(a, m, g)
     d = (1.0 + a) * (g + a * m)
     return _out(a * a / d, alpha, mu, gamma), _out(g / d, alpha, mu, gamma)
+
+
+def adam_equivalent(alpha: ArrayLike, mu: ArrayLike, gamma: ArrayLike):
+    """The Adam ``(lr, beta1)`` that AdaNAGGS with a fixed gamma equals, but for Adam's first-moment bias correction.
+
+    AdaNAGGS keeps the velocity ``w <- beta w + c g`` and steps ``x <- x - alpha w / P`` in Adam's metric P
+    (:class:`~naggs_lightning.optim.AdaNAGGS`). Written as Adam's ``m <- beta1 m + (1 - beta1) g``,
+    ``x <- x - lr m / P`` (``m = w (1 - beta) / c``), that is ``beta1 = beta = gamma / ((1 + alpha)(gamma +
+    alpha mu))`` and ``lr = alpha c / (1 - beta) = alpha / (gamma + mu (1 + alpha))``. Adam divides ``m`` by
+    ``1 - beta1^t`` as well, so the two agree once ``beta1^t`` is small (a few dozen steps at 0.9).
+    Decoupled weight decay differs too: AdaNAGGS multiplies x and v by ``1 - alpha wd``, AdamW x by ``1 - lr wd``.
+    """
+    a, m, g = np.broadcast_arrays(_arr(alpha, "alpha"), _arr(mu, "mu"), _arr(gamma, "gamma"))
+    _check_common(a, m, g)
+    _, beta = heavy_ball_equivalent(a, m, g)
+    return _out(a / (g + m * (1.0 + a)), alpha, mu, gamma), _out(np.asarray(beta), alpha, mu, gamma)
+
+
+def adanaggs_for_adam(lr: float, beta1: float = 0.9) -> dict[str, float]:
+    """AdaNAGGS's ``lr``, ``mu`` and ``gamma`` (gamma = mu) that equal Adam at ``lr`` and ``beta1``
+    (:func:`adam_equivalent`, inverted): ``alpha = 1/sqrt(beta1) - 1``, ``mu = alpha / (lr (2 + alpha))``.
+
+    ``AdaNAGGS(params, **adanaggs_for_adam(1e-3))`` is torch AdamW's default: lr 0.0541, mu = gamma = 26.3.
+    """
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be finite and > 0, got {lr!r}")
+    if not (0 < beta1 < 1):
+        raise ValueError(f"beta1 must be in (0, 1), got {beta1!r}")
+    alpha = 1.0 / math.sqrt(beta1) - 1.0
+    mu = alpha / (lr * (2.0 + alpha))
+    return {"lr": alpha, "mu": mu, "gamma": mu}
 
 
 def stationary_variance(alpha: ArrayLike, mu: ArrayLike, lam: ArrayLike, sigma: ArrayLike = 1.0) -> float | np.ndarray:

@@ -259,3 +259,27 @@ def test_trains_a_small_network_as_well_as_adamw_takes_it_down():
             opt.step()
         losses[name] = loss.item()
     assert losses["ada"] < 0.2 and losses["ada"] < 2 * losses["adamw"], losses
+
+
+@pytest.mark.parametrize("lr, beta1", [(1e-3, 0.9), (3e-3, 0.8)])
+def test_adanaggs_for_adam_runs_adams_recurrence_without_its_first_moment_bias_correction(lr, beta1):
+    """Oracle: Adam's published recurrence (Kingma & Ba), with m left uncorrected, written out here."""
+    from naggs_lightning.theory import adanaggs_for_adam
+
+    torch.manual_seed(0)
+    a = torch.randn(6, 6, dtype=torch.float64)
+    target = torch.randn(6, dtype=torch.float64)
+    x = nn.Parameter(torch.randn(6, dtype=torch.float64))
+    x_ref = x.detach().clone()
+    m, v, beta2, eps = torch.zeros_like(x_ref), torch.zeros_like(x_ref), 0.99, 1e-8
+    opt = AdaNAGGS([x], **adanaggs_for_adam(lr, beta1), beta2=beta2, eps=eps, foreach=False)
+    loss = lambda p: (a @ p - target).pow(2).sum()  # noqa: E731
+    for t in range(1, 41):
+        opt.zero_grad()
+        loss(x).backward()
+        opt.step()
+        g = torch.autograd.functional.jacobian(loss, x_ref)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        x_ref = x_ref - lr * m / ((v / (1 - beta2**t)).sqrt() + eps)
+    torch.testing.assert_close(x.detach(), x_ref, rtol=1e-9, atol=1e-12)

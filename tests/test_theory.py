@@ -206,3 +206,19 @@ def test_adanaggs_batch_rule_keeps_the_stationary_loss_of_a_noisy_quadratic():
     for k in (4, 8):
         scaled = theory.scale_for_batch_size(hp, 1, k, rule="adanaggs")
         assert stationary_loss(scaled, k, steps // k) == pytest.approx(base, rel=0.1)
+
+
+def test_adam_equivalent_and_its_inverse():
+    lr, beta1 = theory.adam_equivalent(0.1, 26.0, 26.0)
+    h, beta = theory.heavy_ball_equivalent(0.1, 26.0, 26.0)
+    # Adam's m is the heavy-ball velocity on the gradient's scale: lr (1 - beta1) is the heavy-ball step.
+    assert beta1 == pytest.approx(beta) and lr * (1 - beta1) == pytest.approx(h)
+    back = theory.adanaggs_for_adam(1e-3, 0.9)
+    assert back["mu"] == back["gamma"] == pytest.approx(26.334, abs=1e-3)
+    assert theory.adam_equivalent(back["lr"], back["mu"], back["gamma"]) == pytest.approx((1e-3, 0.9))
+
+
+@pytest.mark.parametrize("lr, beta1, needle", [(0.0, 0.9, "lr must be"), (1e-3, 1.0, "beta1 must be in")])
+def test_adanaggs_for_adam_names_a_bad_argument(lr, beta1, needle):
+    with pytest.raises(ValueError, match=needle):
+        theory.adanaggs_for_adam(lr, beta1)
