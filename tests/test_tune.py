@@ -135,9 +135,26 @@ def test_space_specs_and_defaults():
 
     ref = space.reference({"optimizer.init_args.lr": 0.5, "optimizer.init_args.mu": 50.0, "trainer.max_epochs": 4})
     assert ref["optimizer.init_args.lr"] == 0.5  # configured and inside the range: kept
-    assert ref["optimizer.init_args.mu"] == pytest.approx(math.sqrt(1e-4 * 10.0))  # outside: geometric centre
+    # Outside the default range (the user gave none): the configured value is kept (AdaNAGGS's mu is 26).
+    assert ref["optimizer.init_args.mu"] == 50.0
     assert ref["trainer.max_epochs"] == 4 and ref["data.init_args.batch_size"] == 32
     assert ref["optimizer.init_args.gamma"] == 1.0
+    outside = space.reference({"optimizer.init_args.lr": 5.0, "optimizer.init_args.mu": -1.0})
+    assert outside["optimizer.init_args.lr"] == pytest.approx(math.sqrt(1e-3 * 3.0))  # outside the user's range
+    assert outside["optimizer.init_args.mu"] == pytest.approx(math.sqrt(1e-4 * 10.0))  # not a positive value
+
+
+def test_the_default_mu_range_is_widened_to_hold_the_configured_mu():
+    """AdaNAGGS's default mu (26) lies above the default range (1e-4 to 10): its seeded trials must still run at it."""
+    from naggs_lightning.lr.seed import theory_seed
+    from naggs_lightning.tune.seeding import MOMENTUM_DEFICIT, _theory_ranges
+
+    space = SearchSpace.parse({}, config={"optimizer": {"class_path": "naggs_lightning.AdaNAGGS"}})
+    theory_low = 1000.0 * (MOMENTUM_DEFICIT[0] / 4) ** 2
+    for lambda_max, expected in ((1000.0, (theory_low, 26.0)), (40.0, (1e-4, 26.0))):  # L > 2 mu, then L <= 2 mu
+        searched = _theory_ranges(space, theory_seed(lambda_max, 26.0, 26.0), 26.0, False)
+        dist = searched.distributions["optimizer.init_args.mu"]
+        assert dist.log and (dist.low, dist.high) == pytest.approx(expected)
 
 
 _CFG = {"optimizer": "NAGGS"}

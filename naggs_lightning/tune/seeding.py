@@ -103,8 +103,11 @@ MOMENTUM_DEFICIT = (0.02, 0.5)
 
 def _theory_ranges(declared: SearchSpace, seed: TheorySeed, mu: float, fixed_gamma: bool) -> SearchSpace:
     """The space with mu (and gamma) left to their defaults replaced by the theory's (module docstring)."""
-    if declared.distributions.get(declared.mu) is DEFAULT_RANGES["mu"] and seed.lambda_max > 2.0 * mu:
-        low, high = (seed.lambda_max * (d / 4.0) ** 2 for d in MOMENTUM_DEFICIT)
+    default_mu = DEFAULT_RANGES["mu"]
+    if declared.distributions.get(declared.mu) is default_mu and mu > 0:
+        low, high = default_mu.low, default_mu.high
+        if seed.lambda_max > 2.0 * mu:
+            low, high = (seed.lambda_max * (d / 4.0) ** 2 for d in MOMENTUM_DEFICIT)
         dist = FloatDistribution(min(low, mu), max(high, mu), log=True)
         declared = replace(declared, distributions={**declared.distributions, declared.mu: dist})
     if declared.distributions.get(declared.gamma) is DEFAULT_RANGES["gamma"] and not fixed_gamma:

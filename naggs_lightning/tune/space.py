@@ -220,6 +220,14 @@ def _contains(dist: BaseDistribution, value: Any) -> bool:
     return dist.low <= value <= dist.high
 
 
+def _is_default(dist: BaseDistribution) -> bool:
+    return any(dist is default for default in DEFAULT_RANGES.values())
+
+
+def _positive(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
 def centre(dist: BaseDistribution) -> Any:
     """The middle of a distribution: geometric for log ranges, the middle choice for categoricals."""
     if isinstance(dist, CategoricalDistribution):
@@ -389,12 +397,16 @@ class SearchSpace:
 
         This is the configuration the tuner builds to validate the config and estimate curvature,
         and the point the theory seed starts from (so a searched mu is seeded at the configured mu).
+        Under one of :data:`DEFAULT_RANGES` (the user gave no range) a configured positive value outside it
+        is kept: it is a fact about the user's model (AdaNAGGS's default mu lies above the default mu range),
+        where the default range is only the tuner's guess; the seeding widens the range to hold it.
         """
         point = {}
         for name, dist in self.distributions.items():
             value = _scalar(configured.get(name))
             stored = self.encode({name: value})[name]
-            point[name] = self.decode(name, stored if _contains(dist, stored) else centre(dist))
+            kept = _contains(dist, stored) or (_is_default(dist) and _positive(stored))
+            point[name] = self.decode(name, stored if kept else centre(dist))
         point.update(self.fixed)
         return point
 
