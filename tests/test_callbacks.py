@@ -111,12 +111,16 @@ class Recorder(pl.Callback):
         self.params[trainer.global_step] = torch.cat([p.detach().reshape(-1).clone() for p in pl_module.parameters()])
 
 
-def fit(model, callbacks, loader=None, *, datamodule=None, ckpt_path=None, **trainer_kwargs) -> pl.Trainer:
-    kwargs = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    kwargs.update(trainer_kwargs)
-    trainer = pl.Trainer(callbacks=callbacks, **kwargs)
-    trainer.fit(model, loader if datamodule is None else None, datamodule=datamodule, ckpt_path=ckpt_path)
-    return trainer
+@pytest.fixture
+def fit(quiet_trainer):
+    """``fit(model, callbacks, loader, ...)``: trains on a quiet Trainer and returns it."""
+
+    def fit(model, callbacks, loader=None, *, datamodule=None, ckpt_path=None, **trainer_kwargs) -> pl.Trainer:
+        trainer = quiet_trainer(callbacks=callbacks, **trainer_kwargs)
+        trainer.fit(model, loader if datamodule is None else None, datamodule=datamodule, ckpt_path=ckpt_path)
+        return trainer
+
+    return fit
 
 
 def stability_warnings(record, text: str = "") -> list[str]:
@@ -128,7 +132,7 @@ def top_curvature(kind: str) -> float:
     return estimate_top_eigenvalue(model, [b for _, b in zip(range(4), digits_loader())])
 
 
-def test_logged_numbers_are_the_theory_at_the_current_hyperparameters(tmp_path):
+def test_logged_numbers_are_the_theory_at_the_current_hyperparameters(tmp_path, fit):
     mu, gamma0, lr = 0.05, 0.5, 0.3
     model = Digits("mlp", lambda m: NAGGS(m.parameters(), lr=lr, mu=mu, gamma=gamma0))
     monitor = SpectralStabilityMonitor(every_n_steps=5)
@@ -157,7 +161,7 @@ def test_logged_numbers_are_the_theory_at_the_current_hyperparameters(tmp_path):
     )
 
 
-def test_probe_sees_the_current_batch_and_parameters():
+def test_probe_sees_the_current_batch_and_parameters(fit):
     model = Digits("mlp", lambda m: NAGGS(m.parameters(), lr=0.3, mu=0.05, gamma=0.05))
     monitor = SpectralStabilityMonitor(tol=1e-4)
     fit(model, [monitor], digits_loader(), max_steps=1)
@@ -168,7 +172,7 @@ def test_probe_sees_the_current_batch_and_parameters():
     assert abs(estimate_top_eigenvalue(model, [second_batch], tol=1e-6, max_iter=50) - expected) > 1e-2 * expected
 
 
-def test_keys_per_param_group():
+def test_keys_per_param_group(fit):
     def two_groups(m):
         first, last = m.net[0], m.net[2]
         return NAGGS(
@@ -195,7 +199,7 @@ def test_keys_per_param_group():
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_sgd_reports_the_classic_edge(nesterov):
+def test_sgd_reports_the_classic_edge(nesterov, fit):
     lr, beta, wd = 0.1, 0.9, 1e-3
     model = Digits(
         "mlp", lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=beta, nesterov=nesterov, weight_decay=wd)
@@ -211,14 +215,14 @@ def test_sgd_reports_the_classic_edge(nesterov):
     assert "stability/rho" not in m
 
 
-def test_adamw_reports_lambda_max_only():
+def test_adamw_reports_lambda_max_only(fit):
     monitor = SpectralStabilityMonitor()
     fit(Digits("mlp", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3)), [monitor], digits_loader(), max_steps=1)
     keys = {"stability/lambda_max", "stability/batch_sharpness", "stability/hvps", "stability/lr"}
     assert set(monitor.last_metrics) == keys
 
 
-def test_stop_ends_training_at_the_first_probe():
+def test_stop_ends_training_at_the_first_probe(fit):
     lam = top_curvature("linear")
     lr = 2 * theory.alpha_crit(0.05, 0.05, lam)
     model = Digits("linear", lambda m: NAGGS(m.parameters(), lr=lr, mu=0.05, gamma=0.05))
@@ -235,7 +239,7 @@ def test_stop_ends_training_at_the_first_probe():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["least_squares", "digits_mlp"])
-def test_twice_alpha_crit_is_flagged_before_divergence_and_cap_lr_converges(task):
+def test_twice_alpha_crit_is_flagged_before_divergence_and_cap_lr_converges(task, fit):
     """On shipped tasks: NAG-GS at twice the stability edge of the measured curvature (L > 2 mu)."""
 
     def make(lr: float = 0.1, mu: float = 1.0):
@@ -282,7 +286,7 @@ def test_twice_alpha_crit_is_flagged_before_divergence_and_cap_lr_converges(task
 
 
 @pytest.mark.parametrize("action, stops", [("warn", False), ("stop", True), ("cap_lr", True)])
-def test_non_finite_loss_acts_at_once(action, stops):
+def test_non_finite_loss_acts_at_once(action, stops, fit):
     # A NaN pixel in batch 3: the loss of step 4 is NaN and the NaN gradient poisons the parameters.
     model = Digits("mlp", lambda m: NAGGS(m.parameters(), lr=0.1, mu=1.0, gamma=1.0))
     monitor = SpectralStabilityMonitor(on_unstable=action, every_n_steps=1000)
@@ -298,7 +302,7 @@ def test_non_finite_loss_acts_at_once(action, stops):
     assert monitor.stop_reason == (expected if stops else None)
 
 
-def test_loss_spike_brings_the_probe_forward_and_the_cap_holds_under_a_scheduler():
+def test_loss_spike_brings_the_probe_forward_and_the_cap_holds_under_a_scheduler(fit):
     lam = top_curvature("linear")
     safe = 0.5 * theory.alpha_crit(0.05, 0.05, lam)
 
@@ -336,7 +340,7 @@ def test_loss_spike_brings_the_probe_forward_and_the_cap_holds_under_a_scheduler
 
 
 @pytest.mark.parametrize("scale, oscillates", [(2.2, True), (0.5, False)])
-def test_update_cosine_matches_the_parameter_trace(scale, oscillates):
+def test_update_cosine_matches_the_parameter_trace(scale, oscillates, fit):
     # Gradient descent at 2.2 / lambda_max: the top mode flips sign every step and grows.
     lr = scale / top_curvature("linear")
     monitor, recorder = SpectralStabilityMonitor(every_n_steps=5), Recorder()
@@ -359,7 +363,7 @@ def test_update_cosine_matches_the_parameter_trace(scale, oscillates):
     assert {h["zone"] for h in monitor.history[1:]} == ({"edge"} if oscillates else {"below"})
 
 
-def test_resume_continues_history_and_warm_start(tmp_path):
+def test_resume_continues_history_and_warm_start(tmp_path, fit):
     def make():
         return Digits("mlp", lambda m: NAGGS(m.parameters(), lr=0.3, mu=1.0, gamma=2.0))
 
@@ -383,14 +387,14 @@ def test_resume_continues_history_and_warm_start(tmp_path):
     assert torch.equal(resumed.state_dict()["vector"], full.state_dict()["vector"])  # the warm start too
 
 
-def test_gradient_accumulation_probes_once_per_optimizer_step():
+def test_gradient_accumulation_probes_once_per_optimizer_step(fit):
     monitor = SpectralStabilityMonitor(every_n_steps=3)
     model = Digits("mlp", lambda m: NAGGS(m.parameters(), lr=0.1))
     fit(model, [monitor], digits_loader(), max_steps=6, accumulate_grad_batches=2)
     assert [h["step"] for h in monitor.history] == [1, 3, 6]
 
 
-def test_monitor_leaves_training_untouched():
+def test_monitor_leaves_training_untouched(fit):
     """BatchNorm, dropout and the RNG stream: a monitored run ends bitwise where an unmonitored one does."""
 
     def run(callbacks):
@@ -407,7 +411,7 @@ def test_monitor_leaves_training_untouched():
         assert torch.equal(plain[name], monitored[name]), name
 
 
-def test_cap_keeps_a_tensor_lr_a_tensor():
+def test_cap_keeps_a_tensor_lr_a_tensor(fit):
     lam = top_curvature("linear")
     lr = 2 * theory.alpha_crit(0.05, 0.05, lam)
     model = Digits("linear", lambda m: NAGGS(m.parameters(), lr=torch.tensor(lr), mu=0.05, gamma=0.05))
@@ -442,7 +446,7 @@ class ManualDigitsNoLoss(ManualDigits):
         opt.step()
 
 
-def test_manual_optimization_needs_compute_loss():
+def test_manual_optimization_needs_compute_loss(fit):
     with pytest.raises(MisconfigurationException, match="compute_loss"):
         fit(ManualDigitsNoLoss(), [SpectralStabilityMonitor()], digits_loader(), max_steps=1)
     monitor = SpectralStabilityMonitor(every_n_steps=2)
@@ -477,7 +481,7 @@ class FallingCurvature(Digits):
         return (1.0 if self.global_step < 20 else 0.1) * super().compute_loss(batch)
 
 
-def test_cap_lr_lifts_the_cap_once_the_asked_for_step_is_below_its_edge():
+def test_cap_lr_lifts_the_cap_once_the_asked_for_step_is_below_its_edge(fit):
     lam = top_curvature("linear")
     mu = 0.05 * lam
     asked = 2 * theory.alpha_crit(mu, mu, lam)  # 2.4x past the edge of the initial curvature
@@ -542,7 +546,7 @@ class LossAbove(Detector):
         self.diverging = state["diverging"]
 
 
-def test_a_custom_detector_in_the_list_acts_and_its_reason_reaches_the_warning(caplog):
+def test_a_custom_detector_in_the_list_acts_and_its_reason_reaches_the_warning(caplog, fit):
     caplog.set_level("INFO", logger="lightning.pytorch")
     model = Digits("mlp", lambda m: NAGGS(m.parameters(), lr=0.1, mu=1.0, gamma=1.0))
     custom = LossAbove(limit=0.5)  # the digits MLP starts at a loss of about 2.3

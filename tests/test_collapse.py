@@ -175,38 +175,30 @@ class Scheduled(SignalCNN):
         ]
 
 
-def signal_fit(model, monitor, steps: int, *after: pl.Callback) -> tuple[pl.Trainer, list[str]]:
+def signal_fit(quiet_trainer, model, monitor, steps: int, *after: pl.Callback) -> tuple[pl.Trainer, list[str]]:
     """Train ``model`` on the signal data under ``monitor`` (then the callbacks ``after``); the StabilityWarnings."""
-    trainer = pl.Trainer(
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[monitor, *after],
-    )
+    trainer = quiet_trainer(max_steps=steps, limit_val_batches=0, callbacks=[monitor, *after])
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always", StabilityWarning)
         trainer.fit(model, datamodule=SignalDataModule())
     return trainer, [str(w.message) for w in record if issubclass(w.category, StabilityWarning)]
 
 
-def test_real_run_probes_on_the_dense_schedule_and_restarts_after_an_lr_rise():
+def test_real_run_probes_on_the_dense_schedule_and_restarts_after_an_lr_rise(quiet_trainer):
     monitor = SpectralStabilityMonitor()
     pl.seed_everything(0, verbose=False)
-    signal_fit(Scheduled(lr=0.05, mu=0.1, gamma=0.1), monitor, 80)
+    signal_fit(quiet_trainer, Scheduled(lr=0.05, mu=0.1, gamma=0.1), monitor, 80)
     assert [h["step"] for h in monitor.history] == [1, 8, 31, 38]
     assert monitor.state_dict()["schedule"]["start"] == 30
 
 
 @pytest.mark.parametrize("on_unstable", ["warn", "cap_lr"])
-def test_a_collapse_at_twice_the_best_step_is_flagged_before_step_50_and_cap_lr_rescues_it(on_unstable):
+def test_a_collapse_at_twice_the_best_step_is_flagged_before_step_50_and_cap_lr_rescues_it(on_unstable, quiet_trainer):
     # SignalCNN, NAG-GS mu = gamma = 0.1: the best step is about 0.2; at 0.4 the run collapses to chance.
     monitor = SpectralStabilityMonitor(on_unstable=on_unstable)
     pl.seed_everything(0, verbose=False)
     model = SignalCNN(lr=0.4, mu=0.1, gamma=0.1)
-    trainer, warned = signal_fit(model, monitor, 300)
+    trainer, warned = signal_fit(quiet_trainer, model, monitor, 300)
     collapses = [w for w in warned if "collapsed: the loss" in w]
     assert collapses  # under warn the run recovers a little and collapses again: a second episode
     assert int(collapses[0].split("step ")[1].split(":")[0]) < 50
@@ -276,12 +268,12 @@ class Recorder(pl.Callback):
             self.state = len(trainer.optimizers[0].state)
 
 
-def test_a_collapse_in_the_dense_phase_rolls_the_weights_back_to_the_start():
+def test_a_collapse_in_the_dense_phase_rolls_the_weights_back_to_the_start(quiet_trainer):
     monitor = SpectralStabilityMonitor(on_unstable="cap_lr")
     recorder = Recorder(monitor)
     pl.seed_everything(0, verbose=False)
     model = SignalCNN(lr=0.8, mu=0.1, gamma=0.1)  # 4x the best step: collapses within 20 steps
-    signal_fit(model, monitor, 40, recorder)
+    signal_fit(quiet_trainer, model, monitor, 40, recorder)
     assert recorder.after_rollback is not None
     for now, then in zip(recorder.after_rollback, recorder.initial):
         torch.testing.assert_close(now, then, rtol=0, atol=0)
@@ -331,10 +323,10 @@ def test_a_restored_snapshot_replays_the_same_trajectory(make):
         torch.testing.assert_close(now.detach(), then, rtol=0, atol=0)
 
 
-def test_no_rollback_when_turned_off_or_past_the_dense_phase():
+def test_no_rollback_when_turned_off_or_past_the_dense_phase(quiet_trainer):
     monitor = SpectralStabilityMonitor(on_unstable="cap_lr", rollback=False)
     pl.seed_everything(0, verbose=False)
-    signal_fit(SignalCNN(lr=0.8, mu=0.1, gamma=0.1), monitor, 40)
+    signal_fit(quiet_trainer, SignalCNN(lr=0.8, mu=0.1, gamma=0.1), monitor, 40)
     assert not any("rolled_back_to" in h for h in monitor.history)
     assert monitor.lr_caps == {"0/0": pytest.approx(0.4)}  # capped only, at half the lr
     assert not SpectralStabilityMonitor(on_unstable="warn").rollback  # only cap_lr acts

@@ -63,20 +63,13 @@ class Infos(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def run(action: str):
+def run(quiet_trainer, action: str):
     monitor, trace, infos = SpectralStabilityMonitor(every_n_steps=25, on_unstable=action), LrTrace(), Infos()
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where Lightning's rank_zero_info goes
     logger.addHandler(infos)
     level = logger.level
     logger.setLevel(logging.INFO)
-    trainer = pl.Trainer(
-        max_steps=200,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[trace, monitor],
-    )
+    trainer = quiet_trainer(max_steps=200, callbacks=[trace, monitor])
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         try:
@@ -88,8 +81,8 @@ def run(action: str):
 
 
 @pytest.fixture(scope="module")
-def runs():
-    return {action: run(action) for action in ("warn", "cap_lr")}
+def runs(quiet_trainer):
+    return {action: run(quiet_trainer, action) for action in ("warn", "cap_lr")}
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 
-import lightning.pytorch as pl
 import pytest
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
@@ -25,16 +24,13 @@ class TwoGroups(LogisticRegression):
         return NAGGS(groups, lr=0.3)
 
 
-def _fit(tmp_path, model, steps: int, every: int = 1, lr_interval=None, **monitor):
+def _fit(quiet_trainer, tmp_path, model, steps: int, every: int = 1, lr_interval=None, **monitor):
     logger = CSVLogger(tmp_path, name="", version=0)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_steps=steps,
         logger=logger,
         log_every_n_steps=every,
         callbacks=[GammaMonitor(**monitor), LearningRateMonitor(logging_interval=lr_interval)],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
         limit_val_batches=0,
     )
     trainer.fit(model, DigitsDataModule(batch_size=64))
@@ -46,8 +42,8 @@ def _gamma(k: int, mu: float, gamma0: float, alpha: float) -> float:
     return mu + (gamma0 - mu) * (1.0 + alpha) ** (-k)  # THEORY.md section 1
 
 
-def test_gamma_and_mu_of_each_group_follow_the_closed_form(tmp_path):
-    rows = _fit(tmp_path, TwoGroups(), steps=6)
+def test_gamma_and_mu_of_each_group_follow_the_closed_form(tmp_path, quiet_trainer):
+    rows = _fit(quiet_trainer, tmp_path, TwoGroups(), steps=6)
     logged = {int(r["step"]): r for r in rows if r.get("lr-NAGGS/pg1-gamma")}
     assert sorted(logged) == list(range(6))  # before each of the 6 steps
     for k, row in logged.items():
@@ -59,9 +55,9 @@ def test_gamma_and_mu_of_each_group_follow_the_closed_form(tmp_path):
 
 
 @pytest.mark.parametrize("interval", [None, "step", "epoch"])
-def test_logged_on_the_steps_learning_rate_monitor_logs(tmp_path, interval):
+def test_logged_on_the_steps_learning_rate_monitor_logs(tmp_path, interval, quiet_trainer):
     model = LogisticRegression(lr=0.2, mu=0.1, gamma=1.0)
-    rows = _fit(tmp_path, model, steps=45, every=5, lr_interval=interval, logging_interval=interval)
+    rows = _fit(quiet_trainer, tmp_path, model, steps=45, every=5, lr_interval=interval, logging_interval=interval)
     lr_steps = [int(r["step"]) for r in rows if r.get("lr-NAGGS")]
     gamma_steps = [int(r["step"]) for r in rows if r.get("lr-NAGGS-gamma")]
     assert len(gamma_steps) >= 2 and gamma_steps == lr_steps
@@ -70,18 +66,18 @@ def test_logged_on_the_steps_learning_rate_monitor_logs(tmp_path, interval):
             assert float(row["lr-NAGGS-gamma"]) == pytest.approx(_gamma(int(row["step"]), 0.1, 1.0, 0.2), rel=1e-6)
 
 
-def test_one_group_per_epoch_and_without_mu(tmp_path):
+def test_one_group_per_epoch_and_without_mu(tmp_path, quiet_trainer):
     model = LogisticRegression(lr=0.2, mu=0.1, gamma=1.0)
-    rows = _fit(tmp_path, model, steps=40, logging_interval="epoch", log_mu=False)
+    rows = _fit(quiet_trainer, tmp_path, model, steps=40, logging_interval="epoch", log_mu=False)
     logged = [r for r in rows if r.get("lr-NAGGS-gamma")]
     assert len(logged) >= 2 and not any("lr-NAGGS-mu" in r and r["lr-NAGGS-mu"] for r in rows)
     for row in logged:
         assert float(row["lr-NAGGS-gamma"]) == pytest.approx(_gamma(int(row["step"]), 0.1, 1.0, 0.2), rel=1e-6)
 
 
-def test_needs_a_logger_and_a_valid_interval():
+def test_needs_a_logger_and_a_valid_interval(quiet_trainer):
     with pytest.raises(MisconfigurationException, match="logging_interval must be 'step', 'epoch' or None"):
         GammaMonitor(logging_interval="batch")
-    trainer = pl.Trainer(max_steps=1, logger=False, callbacks=[GammaMonitor()], enable_progress_bar=False)
+    trainer = quiet_trainer(max_steps=1, callbacks=[GammaMonitor()])
     with pytest.raises(MisconfigurationException, match="no logger"):
         trainer.fit(LogisticRegression(), DigitsDataModule(batch_size=64))

@@ -45,26 +45,18 @@ class MixedLeastSquares(LeastSquares):
         return loss
 
 
-def _fit(model: pl.LightningModule, monitor: SpectralStabilityMonitor, steps: int) -> pl.Trainer:
+def _fit(quiet_trainer, model: pl.LightningModule, monitor: SpectralStabilityMonitor, steps: int) -> pl.Trainer:
     data = QuadraticDataModule(dim=DIM, mu=0.5, L=20.0, n_samples=N, batch_size=N, seed=0)
-    trainer = pl.Trainer(
-        max_steps=steps,
-        callbacks=[monitor],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=steps, callbacks=[monitor], limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     return trainer
 
 
-def test_lambda_max_is_the_preconditioned_sharpness_and_the_edge_is_nag_gs():
+def test_lambda_max_is_the_preconditioned_sharpness_and_the_edge_is_nag_gs(quiet_trainer):
     torch.manual_seed(0)
     model = AdaLeastSquares(dim=DIM, lr=0.05, mu=0.1, gamma=0.1)
     monitor = SpectralStabilityMonitor(every_n_steps=1, dense_growth=0, max_iter=DIM, tol=0.0)
-    trainer = _fit(model, monitor, 6)
+    trainer = _fit(quiet_trainer, model, monitor, 6)
     opt = trainer.optimizers[0]
     p = opt.metric(model.weight).double().numpy()
     h = QuadraticDataModule(dim=DIM, mu=0.5, L=20.0, n_samples=N, batch_size=N, seed=0).hessian
@@ -79,17 +71,17 @@ def test_lambda_max_is_the_preconditioned_sharpness_and_the_edge_is_nag_gs():
     assert last["edge_ratio"] == pytest.approx(expected / edge, rel=1e-4)
 
 
-def test_a_plain_optimizer_is_probed_on_the_plain_hessian():
+def test_a_plain_optimizer_is_probed_on_the_plain_hessian(quiet_trainer):
     torch.manual_seed(0)
     monitor = SpectralStabilityMonitor(every_n_steps=1, dense_growth=0, max_iter=DIM, tol=0.0)
-    _fit(LeastSquares(dim=DIM, lr=0.05), monitor, 2)
+    _fit(quiet_trainer, LeastSquares(dim=DIM, lr=0.05), monitor, 2)
     h = QuadraticDataModule(dim=DIM, mu=0.5, L=20.0, n_samples=N, batch_size=N, seed=0).hessian
     assert monitor.history[-1]["in_metric"] is False
     assert monitor.history[-1]["lambda_max"] == pytest.approx(np.linalg.eigvalsh(h).max(), rel=1e-4)
 
 
-def test_mixing_a_metric_with_plain_steps_is_refused():
+def test_mixing_a_metric_with_plain_steps_is_refused(quiet_trainer):
     model = MixedLeastSquares()
     model.automatic_optimization = False
     with pytest.raises(MisconfigurationException, match="mix a metric of their own with plain steps"):
-        _fit(model, SpectralStabilityMonitor(every_n_steps=1), 2)
+        _fit(quiet_trainer, model, SpectralStabilityMonitor(every_n_steps=1), 2)

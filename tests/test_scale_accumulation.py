@@ -25,19 +25,15 @@ EPOCHS = 2
 TOL = dict(rtol=1e-9, atol=1e-12)
 
 
-def _fit(accumulate: int) -> tuple[L.Trainer, dict]:
+def _fit(quiet_trainer, accumulate: int) -> tuple[L.Trainer, dict]:
     L.seed_everything(SEED, verbose=False)
     module = TinyRegression(batch_size=MICRO_BATCH)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         devices=1,
         precision="64-true",
         max_epochs=EPOCHS,
         accumulate_grad_batches=accumulate,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         deterministic=True,
     )
     trainer.fit(module)
@@ -45,8 +41,8 @@ def _fit(accumulate: int) -> tuple[L.Trainer, dict]:
 
 
 @pytest.mark.parametrize("k", [2, 4])
-def test_accumulated_micro_batches_equal_the_larger_batch(k):
-    trainer, accumulated = _fit(accumulate=k)
+def test_accumulated_micro_batches_equal_the_larger_batch(k, quiet_trainer):
+    trainer, accumulated = _fit(quiet_trainer, accumulate=k)
     reference = train_reference(global_batch=k * MICRO_BATCH, epochs=EPOCHS)
 
     assert trainer.global_step == reference["steps"] == EPOCHS * N_SAMPLES // (k * MICRO_BATCH)

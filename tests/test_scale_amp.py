@@ -27,18 +27,9 @@ def _gamma_after(steps: int) -> float:
     return MU + (GAMMA0 - MU) * (1 + LR) ** -steps
 
 
-def _trainer(**kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=EPOCHS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
+def _trainer(quiet_trainer, **kwargs) -> L.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, max_epochs=EPOCHS, deterministic=True)
+    return quiet_trainer(**{**defaults, **kwargs})
 
 
 class _RecordsForwardDtype(TinyRegression):
@@ -77,20 +68,20 @@ def _unchanged(before: dict, after: dict) -> bool:
     )
 
 
-def _fit(module: TinyRegression, **trainer_kwargs) -> L.Trainer:
+def _fit(quiet_trainer, module: TinyRegression, **trainer_kwargs) -> L.Trainer:
     L.seed_everything(SEED, verbose=False)
-    trainer = _trainer(**trainer_kwargs)
+    trainer = _trainer(quiet_trainer, **trainer_kwargs)
     trainer.fit(module)
     return trainer
 
 
 @pytest.mark.slow
-def test_bf16_mixed_on_cpu_trains_naggs_like_fp32():
+def test_bf16_mixed_on_cpu_trains_naggs_like_fp32(quiet_trainer):
     fp32 = TinyRegression(lr=LR, mu=MU, gamma=GAMMA0, batch_size=BATCH)
     init = {n: p.detach().clone() for n, p in fp32.named_parameters()}
-    _fit(fp32, precision="32-true")
+    _fit(quiet_trainer, fp32, precision="32-true")
     bf16 = _RecordsForwardDtype(lr=LR, mu=MU, gamma=GAMMA0, batch_size=BATCH)
-    trainer = _fit(bf16, precision="bf16-mixed")
+    trainer = _fit(quiet_trainer, bf16, precision="bf16-mixed")
 
     assert bf16.forward_dtype == torch.bfloat16, "autocast was not active"
     optimizer = trainer.optimizers[0]
@@ -118,7 +109,7 @@ def test_bf16_mixed_on_cpu_trains_naggs_like_fp32():
         ),
     ],
 )
-def test_grad_scaler_skipped_step_leaves_naggs_state_untouched(device):
+def test_grad_scaler_skipped_step_leaves_naggs_state_untouched(device, quiet_trainer):
     inf_step = 3
     module = TinyRegression(lr=LR, mu=MU, gamma=GAMMA0, batch_size=BATCH, inf_loss_at_step=inf_step)
     recorder = _StepRecorder()
@@ -126,7 +117,7 @@ def test_grad_scaler_skipped_step_leaves_naggs_state_untouched(device):
         kwargs = dict(accelerator="cpu", plugins=[MixedPrecision("16-mixed", device="cpu")])
     else:
         kwargs = dict(accelerator="gpu", precision="16-mixed")
-    trainer = _fit(module, callbacks=[recorder], **kwargs)
+    trainer = _fit(quiet_trainer, module, callbacks=[recorder], **kwargs)
 
     records = recorder.records
     assert len(records) == STEPS

@@ -318,21 +318,12 @@ def test_naggs_passes_a_nan_gradient_through(path):
     assert torch.isfinite(model[2].weight).all()
 
 
-def _trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+def _trainer(quiet_trainer, **kwargs) -> L.Trainer:
+    return quiet_trainer(accelerator="cpu", devices=1, max_epochs=1, **kwargs)
 
 
 @pytest.mark.filterwarnings("ignore:Error detected in")
-def test_detect_anomaly_stops_a_nan_gradient_before_naggs_steps():
+def test_detect_anomaly_stops_a_nan_gradient_before_naggs_steps(quiet_trainer):
     L.seed_everything(SEED, verbose=False)
     module = _NaNGradient(nan_at_step=2)
     before = {}
@@ -341,7 +332,7 @@ def test_detect_anomaly_stops_a_nan_gradient_before_naggs_steps():
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             before.update({n: p.detach().clone() for n, p in pl_module.named_parameters()})
 
-    trainer = _trainer(detect_anomaly=True, callbacks=[_Remember()])
+    trainer = _trainer(quiet_trainer, detect_anomaly=True, callbacks=[_Remember()])
     with pytest.raises(RuntimeError, match="returned nan values"):
         trainer.fit(module)
     assert trainer.global_step == 2
@@ -349,11 +340,11 @@ def test_detect_anomaly_stops_a_nan_gradient_before_naggs_steps():
         assert torch.equal(p, before[name]), f"{name} changed on the NaN step"
 
 
-def test_monitor_stops_training_at_the_first_non_finite_loss():
+def test_monitor_stops_training_at_the_first_non_finite_loss(quiet_trainer):
     L.seed_everything(SEED, verbose=False)
     module = _NaNGradient(nan_at_step=2)
     monitor = SpectralStabilityMonitor(every_n_steps=100, on_unstable="stop")
-    trainer = _trainer(callbacks=[monitor])
+    trainer = _trainer(quiet_trainer, callbacks=[monitor])
     with pytest.warns(StabilityWarning, match="parameters are no longer finite"):
         trainer.fit(module)
     # The third batch (global step 2) steps on a NaN gradient; the fourth batch's loss is NaN, and training

@@ -30,17 +30,14 @@ SAVE_EVERY = 5  # steps 5 (epoch 0, batch 5 of 8) and 10 (epoch 1, batch 2 of 8)
 MONITOR_EVERY = 4
 
 
-def _trainer(tmp_path: Path, callbacks=()) -> L.Trainer:
-    return L.Trainer(
+def _trainer(quiet_trainer, tmp_path: Path, callbacks=()) -> L.Trainer:
+    return quiet_trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=EPOCHS,
         callbacks=list(callbacks),
         default_root_dir=tmp_path,
-        logger=False,
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        enable_progress_bar=False,
-        enable_model_summary=False,
         deterministic=True,
     )
 
@@ -54,23 +51,23 @@ def _monitor() -> SpectralStabilityMonitor:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, quiet_trainer):
     tmp_path = tmp_path_factory.mktemp("resume")
     L.seed_everything(SEED, verbose=False)
     module = _module()
     checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=SAVE_EVERY, save_top_k=-1)
     monitor = _monitor()
-    trainer = _trainer(tmp_path, [checkpoints, monitor])
+    trainer = _trainer(quiet_trainer, tmp_path, [checkpoints, monitor])
     trainer.fit(module)
     return tmp_path, optimizer_snapshot(module, trainer.optimizers[0]), monitor.history
 
 
-def _resume(ckpt_dir: Path, step: int) -> dict:
+def _resume(quiet_trainer, ckpt_dir: Path, step: int) -> dict:
     (ckpt,) = ckpt_dir.glob(f"*step={step}.ckpt")
     L.seed_everything(SEED + 1, verbose=False)  # a different RNG state must not matter
     module = _module()
     monitor = _monitor()
-    trainer = _trainer(ckpt_dir, [monitor])
+    trainer = _trainer(quiet_trainer, ckpt_dir, [monitor])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(module, ckpt_path=ckpt)
@@ -85,8 +82,8 @@ def _resume(ckpt_dir: Path, step: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def resumed(uninterrupted) -> dict[int, dict]:
-    return {step: _resume(uninterrupted[0], step) for step in (SAVE_EVERY, 2 * SAVE_EVERY)}
+def resumed(uninterrupted, quiet_trainer) -> dict[int, dict]:
+    return {step: _resume(quiet_trainer, uninterrupted[0], step) for step in (SAVE_EVERY, 2 * SAVE_EVERY)}
 
 
 # update_cosine needs parameter snapshots from the two steps before a probe; checked separately below.

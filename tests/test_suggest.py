@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -45,18 +44,10 @@ def test_suggest_lr_needs_naggs_or_explicit_mu_and_gamma():
     assert seed.alpha == pytest.approx(0.9 * theory.alpha_opt(MU, L), rel=2e-3)
 
 
-def test_theory_lr_finder_sets_the_models_lr_and_the_optimizer_before_the_first_step():
+def test_theory_lr_finder_sets_the_models_lr_and_the_optimizer_before_the_first_step(quiet_trainer):
     model = LeastSquares(dim=DIM, lr=0.01, mu=MU, gamma=MU)
     finder = TheoryLRFinder(curvature_batches=1)
-    trainer = pl.Trainer(
-        max_steps=3,
-        callbacks=[finder],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=3, callbacks=[finder], limit_val_batches=0)
     trainer.fit(model, _data())
     alpha = finder.optimal_lr.alpha
     assert alpha == pytest.approx(0.9 * theory.alpha_opt(MU, L), rel=2e-3)

@@ -72,20 +72,10 @@ def test_the_warm_up_trains_in_the_metric_and_reads_the_metric_it_ended_with():
     assert type(result).from_attrs(result.to_attrs()) == result
 
 
-def test_theory_lr_finder_seeds_adanaggs_in_its_metric():
-    import lightning.pytorch as pl
-
+def test_theory_lr_finder_seeds_adanaggs_in_its_metric(quiet_trainer):
     model = AdaLeastSquares(dim=DIM, mu=MU, gamma=MU)
     finder = TheoryLRFinder(warmup_steps=0, curvature_batches=1, bracket_steps=0)
-    trainer = pl.Trainer(
-        max_steps=1,
-        callbacks=[finder],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=1, callbacks=[finder], limit_val_batches=0)
     trainer.fit(model, datamodule=_data())
     assert finder.optimal_lr.warmup.metric == "AdaNAGGS"
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(finder.optimal_lr.alpha)

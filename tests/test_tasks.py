@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 
 from naggs_lightning.optim import NAGGS
 from naggs_lightning.tasks import (
@@ -29,24 +29,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _trainer(**kwargs):
-    settings = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        devices=1,
-    )
+def _trainer(quiet_trainer, **kwargs):
+    settings = dict(num_sanity_val_steps=0, accelerator="cpu", devices=1)
     settings.update(kwargs)
-    return Trainer(**settings)
+    return quiet_trainer(**settings)
 
 
-def _fit_and_test(model, datamodule, **trainer_kwargs):
+def _fit_and_test(quiet_trainer, model, datamodule, **trainer_kwargs):
     """Fit and test; returns the trainer, the metrics at the end of fit and the test metrics."""
     seed_everything(0, verbose=False)
-    trainer = _trainer(**trainer_kwargs)
+    trainer = _trainer(quiet_trainer, **trainer_kwargs)
     trainer.fit(model, datamodule)
     fitted = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return trainer, fitted, trainer.test(model, datamodule, verbose=False)[0]
@@ -65,9 +57,9 @@ class MLPWithOneCycle(MLP):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_cls", [MLP, MLPWithOneCycle], ids=["plain", "onecycle"])
-def test_digits_mlp_reaches_95_percent_with_naggs(model_cls):
+def test_digits_mlp_reaches_95_percent_with_naggs(model_cls, quiet_trainer):
     model = model_cls(lr=1.0, mu=1.0, gamma=1.0)
-    trainer, fitted, result = _fit_and_test(model, DigitsDataModule(batch_size=128), max_epochs=10)
+    trainer, fitted, result = _fit_and_test(quiet_trainer, model, DigitsDataModule(batch_size=128), max_epochs=10)
     assert result["test_acc"] >= 0.95
     assert set(fitted) >= {"train_loss", "val_loss", "val_acc"}
     optimizer = trainer.optimizers[0]
@@ -81,16 +73,16 @@ def test_digits_mlp_reaches_95_percent_with_naggs(model_cls):
 
 
 @pytest.mark.slow
-def test_digits_cnn_and_logistic_regression_train_with_naggs():
-    *_, cnn = _fit_and_test(DigitsCNN(lr=0.5), DigitsDataModule(), max_epochs=4)
-    *_, logreg = _fit_and_test(LogisticRegression(lr=0.5), DigitsDataModule(), max_epochs=10)
+def test_digits_cnn_and_logistic_regression_train_with_naggs(quiet_trainer):
+    *_, cnn = _fit_and_test(quiet_trainer, DigitsCNN(lr=0.5), DigitsDataModule(), max_epochs=4)
+    *_, logreg = _fit_and_test(quiet_trainer, LogisticRegression(lr=0.5), DigitsDataModule(), max_epochs=10)
     assert cnn["test_acc"] >= 0.93
     assert logreg["test_acc"] >= 0.93
 
 
-def test_breast_cancer_logistic_regression_trains_with_naggs():
+def test_breast_cancer_logistic_regression_trains_with_naggs(quiet_trainer):
     model = LogisticRegression(in_features=30, num_classes=2, lr=0.5)
-    *_, result = _fit_and_test(model, BreastCancerDataModule(), max_epochs=10)
+    *_, result = _fit_and_test(quiet_trainer, model, BreastCancerDataModule(), max_epochs=10)
     assert result["test_acc"] >= 0.94
 
 
@@ -106,11 +98,11 @@ def _naggs_on_quadratic(hessian, optimum, steps, lr, mu, gamma):
     return x
 
 
-def test_least_squares_full_batch_follows_naggs_on_the_exact_quadratic_and_logs_suboptimality():
+def test_least_squares_full_batch_follows_naggs_on_the_exact_quadratic_and_logs_suboptimality(quiet_trainer):
     dim, n, steps, lr, mu, gamma = 8, 200, 25, 0.4, 0.2, 1.0
     data = QuadraticDataModule(dim=dim, mu=0.2, L=5.0, n_samples=n, noise=0.3, batch_size=n)
     model = LeastSquares(dim=dim, lr=lr, mu=mu, gamma=gamma)
-    _, fitted, result = _fit_and_test(model, data, max_epochs=steps)
+    _, fitted, result = _fit_and_test(quiet_trainer, model, data, max_epochs=steps)
 
     want = _naggs_on_quadratic(data.hessian, data.optimum, steps, lr, mu, gamma)
     got = model.weight.detach().double().numpy()
@@ -162,10 +154,10 @@ def test_least_squares_names_a_dimension_mismatch():
 
 
 @pytest.mark.slow
-def test_sequence_transformer_learns_to_reverse():
+def test_sequence_transformer_learns_to_reverse(quiet_trainer):
     model = SequenceTransformer(vocab_size=8, seq_len=6, d_model=32, num_heads=2, num_layers=1, dim_feedforward=64)
     data = SequenceDataModule(vocab_size=8, seq_len=6, n_train=2048, n_val=256, n_test=256, batch_size=64)
-    *_, result = _fit_and_test(model, data, max_epochs=4)
+    *_, result = _fit_and_test(quiet_trainer, model, data, max_epochs=4)
     assert result["test_acc"] >= 0.95
 
 
