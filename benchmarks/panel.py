@@ -163,8 +163,20 @@ def part_defaults(models: list[Model], seeds: list[int], naggs_args: dict[str, A
     return out
 
 
-#: The (lr, mu = gamma) pairs AdaNAGGS's defaults were chosen among (lr 0.03 at mu = gamma = 1: the earlier default).
-ADANAGGS_PAIRS = ((0.03, 1.0), (0.1, 10.0), (0.05, 10.0), (0.1, 3.0), (0.03, 3.0))
+#: The (lr, mu = gamma) pairs AdaNAGGS's defaults were chosen among: lr 0.03 at mu = gamma = 1 and lr 0.1 at
+#: mu = gamma = 10 were earlier defaults; lr 0.054 at mu = gamma = 26 is torch AdamW's default by the heavy-ball
+#: identity (momentum 0.9, step 1e-3).
+ADANAGGS_PAIRS = (
+    (0.03, 1.0),
+    (0.1, 10.0),
+    (0.05, 10.0),
+    (0.1, 3.0),
+    (0.03, 3.0),
+    (0.054, 26.0),
+    (0.1, 16.0),
+    (0.1, 26.0),
+    (0.14, 26.0),
+)
 
 
 def part_ada_defaults(models: list[Model], seeds: list[int]) -> dict[str, dict[str, float]]:
@@ -174,6 +186,9 @@ def part_ada_defaults(models: list[Model], seeds: list[int]) -> dict[str, dict[s
     for model in models:
         print(f"{model.name} (chance {model.chance})", flush=True)
         out[model.name] = {}
+        scores = [train(model, _adamw, 1e-3, s) for s in seeds]
+        out[model.name]["AdamW(1e-3)"] = _median(scores)
+        print(_row("AdamW(1e-3)", scores), flush=True)
         for lr, mu in ADANAGGS_PAIRS:
             label = f"AdaNAGGS(lr={lr:g}, mu=gamma={mu:g})"
             factory = lambda params, lr_, mu=mu: AdaNAGGS(params, lr=lr_, mu=mu, gamma=mu)  # noqa: E731
@@ -225,7 +240,11 @@ def _naggs_study(model: Model, sampler_seed: int, budget: int, optimizer: str) -
     from naggs_lightning.tune import keys, run
 
     study = run(
-        _config(model, optimizer), n_trials=budget, storage=None, sampler_seed=sampler_seed, verbose=False,
+        _config(model, optimizer),
+        n_trials=budget,
+        storage=None,
+        sampler_seed=sampler_seed,
+        verbose=False,
         output_dir=Path("/tmp/panel-tune") / f"{optimizer}-{model.name}-{sampler_seed}",
     )
     out = []
@@ -294,7 +313,10 @@ def part_tune(
             out[model.name][kind] = {"best_after": dict(zip(ks, medians)), "near_chance": share}
             cells = " ".join(f"{m:>6.3f}" for m in medians)
             per_run = seconds[(kind, model.name)] / len(runs)
-            print(f"  {model.name:<12} {kind:<11} {cells}  {share:>11}  {per_run:>7.0f}", flush=True)
+            # Each sampler seed's best after the budget, in seed order: any subset's median can be read off.
+            each = " ".join(f"{_best_after(r, budget):.3f}" for r in runs)
+            out[model.name][kind]["each_seed"] = [_best_after(r, budget) for r in runs]
+            print(f"  {model.name:<12} {kind:<11} {cells}  {share:>11}  {per_run:>7.0f}  [{each}]", flush=True)
     return out
 
 

@@ -243,22 +243,23 @@ def test_fused_refuses_a_dtype_its_kernel_does_not_take_naming_foreach():
         AdaNAGGS([nn.Parameter(torch.ones(2, dtype=torch.bfloat16))], fused=True)
 
 
-def test_trains_a_small_network_as_well_as_adamw_takes_it_down():
-    """Not a benchmark: the defaults take a small regression down, as AdamW's do."""
+def test_at_its_defaults_it_takes_a_small_network_down_at_least_as_far_as_adamw_at_its_own():
+    """Not a benchmark: a drop-in swap of AdamW() for AdaNAGGS() on a small regression does not train worse."""
     losses = {}
-    for name, make in (("ada", lambda p: AdaNAGGS(p)), ("adamw", lambda p: torch.optim.AdamW(p, lr=3e-3))):
+    for name, make in (("ada", AdaNAGGS), ("adamw", torch.optim.AdamW)):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
         x = torch.randn(256, 8)
         y = x[:, :1] * x[:, 1:2] + x[:, 2:3]
         opt = make(model.parameters())
+        losses[f"{name} at start"] = (model(x) - y).pow(2).mean().item()
         for _ in range(300):
             opt.zero_grad()
             loss = (model(x) - y).pow(2).mean()
             loss.backward()
             opt.step()
         losses[name] = loss.item()
-    assert losses["ada"] < 0.2 and losses["ada"] < 2 * losses["adamw"], losses
+    assert losses["ada"] < 0.25 * losses["ada at start"] and losses["ada"] <= losses["adamw"], losses
 
 
 @pytest.mark.parametrize("lr, beta1", [(1e-3, 0.9), (3e-3, 0.8)])
