@@ -107,9 +107,14 @@ def test_seeded_trials_keep_the_best_step_and_skip_only_failures_above_it():
 
     seed = theory_seed(20.0, 0.03, 0.03)
 
-    def bracketed(best: float, *runs: tuple[float, str]) -> tuple[list[float], tuple[float, float]]:
-        found = Bracket(tuple(BracketRun(f, f, 1.0, o) for f, o in runs), 2.3, 40, 0.1) if runs else None
-        seeded = replace(seed, alpha=best * seed.theory_step, bracket=found)
+    def bracketed(best: float, *runs: tuple[float, str], first: float = 1.0) -> tuple[list[float], tuple[float, float]]:
+        """The seeded ratios and the range for a bracket whose best run is ``best``x, the seed ``first`` x that."""
+        found = None
+        if runs:
+            scored = tuple(BracketRun(f, f * seed.theory_step, 0.5 if f == best else 1.0, o) for f, o in runs)
+            found = Bracket(scored, 2.3, 40, 0.1)
+            assert found.best.factor == best or not any(r.outcome == "trains" for r in scored)
+        seeded = replace(seed, alpha=first * best * seed.theory_step, bracket=found)
         bounds = ratio_range(seeded, 4.0)
         return seeded_ratios(seeded, 3, bounds), bounds
 
@@ -124,3 +129,9 @@ def test_seeded_trials_keep_the_best_step_and_skip_only_failures_above_it():
     assert bracketed(4.0, (1.0, "trains"), (2.0, "trains"), (4.0, "trains")) == ([4.0, 2.0, root2(4)], (1.0, root2(4)))
     # nothing trained in the short runs (a slow start, then a collapse): the theory's step is still tried first
     assert bracketed(1.0, (1.0, "slow"), (2.0, "collapsed")) == ([1.0, 0.5, 0.25], (0.25, root2(1)))
+    # in a metric the seed is half the bracket's best: the same trials, that one first
+    assert bracketed(2.0, (1.0, "trains"), (2.0, "trains"), (4.0, "trains"), first=0.5) == (
+        [1.0, 2.0, 4.0],
+        (0.5, root2(4)),
+    )
+    assert bracketed(1.0, (1.0, "trains"), (2.0, "collapsed"), first=0.5) == ([0.5, 1.0, 0.25], (0.25, root2(1)))

@@ -97,6 +97,9 @@ class TheorySeed:
             line = f"{line}; {self.warmup.describe()}"
         if self.bracket is not None:
             line = f"{line}; {self.bracket.describe()}: lr = {self.alpha:.4g}"
+            if not math.isclose(self.alpha, self.bracket.best.alpha):
+                share = self.alpha / self.bracket.best.alpha
+                line = f"{line} ({share:.3g} x the best: a metric still forming meets a higher sharpness later)"
         return line
 
     @property

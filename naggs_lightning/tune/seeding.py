@@ -21,6 +21,7 @@ Where the user left mu and gamma to the defaults, the space follows the theory a
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -134,16 +135,17 @@ def ratio_range(seed: TheorySeed, window: float) -> tuple[float, float]:
 
 
 def seeded_ratios(seed: TheorySeed, count: int, bounds: tuple[float, float]) -> list[float]:
-    """alpha / (theory's step) of the seeded trials: the bracket's best ``b``, then b/2, 2b, b/4, 4b, ...,
-    skipping multiples at or past a short run that collapsed or diverged, within ``bounds``
-    (:func:`ratio_range`)."""
+    """alpha / (theory's step) of the seeded trials: the seed itself, then the bracket's best ``b``, b/2, 2b, b/4,
+    4b, ..., skipping multiples at or past a short run that collapsed or diverged, within ``bounds``
+    (:func:`ratio_range`). The seed is ``b`` for NAGGS and ``b/2`` in a metric
+    (:data:`~naggs_lightning.lr.measure.METRIC_SEED_FRACTION`): the same trials, the seed first."""
     best, runs = _bracketed(seed)
     failed = (r.factor for r in runs if r.failed and r.factor > best)
     ceiling = min(failed, default=math.inf)
     low, high = bounds
+    ladder = (best * 2.0 ** (((j + 1) // 2) * (-1 if j % 2 else 1)) for j in range(4 * count))
     ratios: list[float] = []
-    for j in range(4 * count):
-        ratio = best * 2.0 ** (((j + 1) // 2) * (-1 if j % 2 else 1))
+    for ratio in itertools.chain([seed.alpha / seed.theory_step], ladder):
         if ratio >= ceiling:
             continue
         ratio = min(max(ratio, low), high)
@@ -155,5 +157,7 @@ def seeded_ratios(seed: TheorySeed, count: int, bounds: tuple[float, float]) -> 
 
 
 def _bracketed(seed: TheorySeed) -> tuple[float, tuple[BracketRun, ...]]:
-    """The bracket's best multiple of the theory's step, and its short runs (none without a bracket)."""
-    return seed.alpha / seed.theory_step, (seed.bracket.runs if seed.bracket else ())
+    """The bracket's best multiple of the theory's step (the seed's without a bracket), and its short runs."""
+    if seed.bracket is None:
+        return seed.alpha / seed.theory_step, ()
+    return seed.bracket.best.factor, seed.bracket.runs
