@@ -42,7 +42,9 @@ tasks where the seed must not get worse, and the seed at other mu::
     python benchmarks/tuner_seeding.py --budget 50 --studies seeded adamw --seeds 0 1 2
     python benchmarks/tuner_seeding.py --tasks quadratic digits_mlp --studies seeded seeded@init unseeded adamw
     python benchmarks/tuner_seeding.py --studies seeded --seeds 0 --budget 3 --mu 0.01
+    python benchmarks/tuner_seeding.py --studies seeded adamw --seeds 0 1 2 --optimizer AdaNAGGS
 
+``--optimizer AdaNAGGS`` configures AdaNAGGS at its own defaults in the NAG-GS studies (NAG-GS in Adam's metric).
 Smaller: ``--tasks digits_cnn --seeds 0 1 2 --budget 10``.
 """
 
@@ -256,8 +258,10 @@ def _seconds(study: optuna.Study) -> list[float]:
     ]
 
 
-def _task_config(name: str, epochs_scale: float, mu: float | None = None) -> dict[str, Any]:
+def _task_config(name: str, epochs_scale: float, mu: float | None = None, optimizer: str = "NAGGS") -> dict[str, Any]:
     config = copy.deepcopy(TASKS[name]["config"])
+    if optimizer != "NAGGS":  # another NAG-GS class at its own defaults, as a user would name it
+        config["optimizer"] = {"class_path": f"naggs_lightning.{optimizer}", "init_args": {}}
     if mu is not None:  # the mu a user configures: the seed is computed, and the seeded trials run, at it
         config["optimizer"]["init_args"].update(mu=mu, gamma=mu)
     config["trainer"].update(accelerator="cpu", devices=1)
@@ -266,13 +270,20 @@ def _task_config(name: str, epochs_scale: float, mu: float | None = None) -> dic
 
 
 def _run_one(
-    name: str, kind: str, seed: int, budget: int, epochs_scale: float, threads: int, mu: float | None
+    name: str,
+    kind: str,
+    seed: int,
+    budget: int,
+    epochs_scale: float,
+    threads: int,
+    mu: float | None,
+    optimizer: str = "NAGGS",
 ) -> dict[str, Any]:
     """One study, summarised as JSON-safe data (it may run in a worker process)."""
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     start = time.perf_counter()
-    study = _study(kind, _task_config(name, epochs_scale, mu), TASKS[name]["metric"], budget, seed)
+    study = _study(kind, _task_config(name, epochs_scale, mu, optimizer), TASKS[name]["metric"], budget, seed)
     trials = _finished(study)
     out: dict[str, Any] = {
         "task": name,
@@ -304,7 +315,7 @@ def _run_all(jobs: list[tuple[str, str, int]], args: argparse.Namespace) -> list
             with open(args.out, "w") as f:
                 json.dump({"args": vars(args), "results": results}, f, indent=1)
 
-    extra = (args.budget, args.epochs_scale, args.threads, args.mu)
+    extra = (args.budget, args.epochs_scale, args.threads, args.mu, args.optimizer)
     if args.jobs == 1:
         for job in jobs:
             done(_run_one(*job, *extra))
@@ -324,11 +335,11 @@ def _report(name: str, results: list[dict[str, Any]], args: argparse.Namespace) 
     by_kind = {
         kind: sorted((r for r in results if r["kind"] == kind), key=lambda r: r["seed"]) for kind in args.studies
     }
-    config = _task_config(name, args.epochs_scale, args.mu)
-    epochs, mu = config["trainer"]["max_epochs"], config["optimizer"]["init_args"]["mu"]
+    config = _task_config(name, args.epochs_scale, args.mu, args.optimizer)
+    epochs, mu = config["trainer"]["max_epochs"], config["optimizer"]["init_args"].get("mu", "its default")
     print(
         f"\n== {name}: best {metric} after k trials ({'max' if maximize else 'min'}imised), "
-        f"{epochs} epochs, NAG-GS configured at mu = {mu}, budget {args.budget}, sampler seeds {args.seeds}"
+        f"{epochs} epochs, {args.optimizer} configured at mu = {mu}, budget {args.budget}, sampler seeds {args.seeds}"
     )
     for kind, runs in by_kind.items():
         if kind.startswith("seeded") and runs:
@@ -392,10 +403,10 @@ def _report_saved(paths: list[str], parser: argparse.ArgumentParser) -> None:
     for path in paths:
         with open(path) as f:
             runs.append(json.load(f))
-    shared = ("budget", "epochs_scale", "mu")
-    first = runs[0]["args"]
+    shared = ("budget", "epochs_scale", "mu", "optimizer")
+    first = {"optimizer": "NAGGS", **runs[0]["args"]}  # runs saved before --optimizer existed were NAGGS's
     for path, saved in zip(paths, runs):
-        differs = [key for key in shared if saved["args"].get(key) != first.get(key)]
+        differs = [key for key in shared if {"optimizer": "NAGGS", **saved["args"]}.get(key) != first.get(key)]
         if differs:
             parser.error(f"--report: {path} was run with other {', '.join(differs)} than {paths[0]}")
     results = [r for saved in runs for r in saved["results"]]
@@ -422,6 +433,12 @@ def main() -> None:
         "--mu",
         type=float,
         help="configure NAG-GS at this mu (and gamma) instead of each task's own (0.1 on the networks)",
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=["NAGGS", "AdaNAGGS"],
+        default="NAGGS",
+        help="the NAG-GS class the seeded and unseeded studies configure (AdaNAGGS: at its own defaults)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="studies run at once, one process each (default: 2)")
     parser.add_argument("--out", help="write every study's trial values here (JSON), updated as studies finish")
