@@ -18,6 +18,7 @@ import yaml
 from naggs_lightning import AdaNAGGS, suggest_lr
 from naggs_lightning.callbacks import TheoryLRFinder
 from naggs_lightning.lr import OptimizerKind, naggs_hyperparameters, theory_seed, warm_up_curvature
+from naggs_lightning.lr.readings import Bracket
 from naggs_lightning.tasks import LeastSquares, QuadraticDataModule
 from naggs_lightning.tune import keys
 from naggs_lightning.tune.cli import main as naggs_tune
@@ -116,6 +117,8 @@ def test_naggs_tune_runs_a_seeded_adanaggs_study(tmp_path):
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 2 and done[0].user_attrs[keys.SEEDED] is True  # the rest of the seeded trials wait
     assert np.isfinite(study.best_value)
+    best = Bracket.from_attrs(seed["bracket"]).best.alpha  # the first trial: half the bracket's best, then the best
+    assert [t.user_attrs[keys.ALPHA] for t in done] == pytest.approx([0.5 * best, best])
 
 
 def test_a_network_warms_up_in_a_forming_metric_without_a_false_collapse():
