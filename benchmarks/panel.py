@@ -314,9 +314,9 @@ def part_tune(
             cells = " ".join(f"{m:>6.3f}" for m in medians)
             per_run = seconds[(kind, model.name)] / len(runs)
             # Each sampler seed's best after the budget, in seed order: any subset's median can be read off.
-            each = " ".join(f"{_best_after(r, budget):.3f}" for r in runs)
-            out[model.name][kind]["each_seed"] = [_best_after(r, budget) for r in runs]
-            print(f"  {model.name:<12} {kind:<11} {cells}  {share:>11}  {per_run:>7.0f}  [{each}]", flush=True)
+            each = out[model.name][kind]["each_seed"] = [_best_after(r, budget) for r in runs]
+            shown = " ".join(f"{v:.3f}" for v in each)
+            print(f"  {model.name:<12} {kind:<11} {cells}  {share:>11}  {per_run:>7.0f}  [{shown}]", flush=True)
     return out
 
 

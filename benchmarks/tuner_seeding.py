@@ -404,9 +404,10 @@ def _report_saved(paths: list[str], parser: argparse.ArgumentParser) -> None:
         with open(path) as f:
             runs.append(json.load(f))
     shared = ("budget", "epochs_scale", "mu", "optimizer")
-    first = {"optimizer": "NAGGS", **runs[0]["args"]}  # runs saved before --optimizer existed were NAGGS's
-    for path, saved in zip(paths, runs):
-        differs = [key for key in shared if {"optimizer": "NAGGS", **saved["args"]}.get(key) != first.get(key)]
+    settings = [{"optimizer": "NAGGS", **saved["args"]} for saved in runs]  # runs before --optimizer were NAGGS's
+    first = settings[0]
+    for path, setting in zip(paths, settings):
+        differs = [key for key in shared if setting.get(key) != first.get(key)]
         if differs:
             parser.error(f"--report: {path} was run with other {', '.join(differs)} than {paths[0]}")
     results = [r for saved in runs for r in saved["results"]]

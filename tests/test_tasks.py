@@ -20,15 +20,6 @@ from naggs_lightning.tasks import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: intra-op threads cost more than they save, and far more on a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _trainer(quiet_trainer, **kwargs):
     settings = dict(num_sanity_val_steps=0, accelerator="cpu", devices=1)
     settings.update(kwargs)

@@ -399,7 +399,7 @@ class SearchSpace:
         and the point the theory seed starts from (so a searched mu is seeded at the configured mu).
         Under one of :data:`DEFAULT_RANGES` (the user gave no range) a configured positive value outside it
         is kept: it is a fact about the user's model (AdaNAGGS's default mu lies above the default mu range),
-        where the default range is only the tuner's guess; the seeding widens the range to hold it.
+        where the default range is only the tuner's guess; the seeding widens the default mu range to hold it.
         """
         point = {}
         for name, dist in self.distributions.items():
