@@ -18,6 +18,7 @@ __all__ = [
     "ALPHA_RATIO",
     "SEEDED",
     "PRUNED_REASON",
+    "COLLAPSED",
     "WORKER",
     "SURPLUS",
     "RETRY_OF",
@@ -46,6 +47,9 @@ ALPHA = "naggs.alpha"
 SEEDED = "naggs.seeded"
 #: Why a trial was pruned (the pruner's decision, divergence, the stability monitor).
 PRUNED_REASON = "naggs.pruned_reason"
+#: Set on a trial whose training loss collapsed (left its initial value, came back to it and stayed there at the
+#: end; :class:`~naggs_lightning.callbacks.collapse.CollapseDetector`'s rule): the detector's reason.
+COLLAPSED = "naggs.collapsed"
 #: Which worker (``host:pid``) ran a trial.
 WORKER = "naggs.worker"
 #: Set on a trial that ended failed, untrained, because the study was already full.

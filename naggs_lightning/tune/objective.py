@@ -36,11 +36,12 @@ from optuna.trial import TrialState
 
 from naggs_lightning._checks import all_finite
 from naggs_lightning.callbacks import SpectralStabilityMonitor
+from naggs_lightning.callbacks.collapse import CollapseDetector
 from naggs_lightning.callbacks.report import METRIC_PREFIX
 from naggs_lightning.tune.config import get_path, with_params
 from naggs_lightning.tune.errors import TuneError
 from naggs_lightning.tune.interrupts import Interrupted, InterruptGuard, StopOnInterrupt, kill_process_trees
-from naggs_lightning.tune.keys import PRUNED_REASON, RETRY_OF, SEEDED, SURPLUS, WORKER, WORLD_SIZE
+from naggs_lightning.tune.keys import COLLAPSED, PRUNED_REASON, RETRY_OF, SEEDED, SURPLUS, WORKER, WORLD_SIZE
 from naggs_lightning.tune.space import SearchSpace
 from naggs_lightning.tune.trial_outputs import (
     TRIAL_TRAINER_SETTINGS,
@@ -291,6 +292,11 @@ class TrialCallback(Callback):
     The step reported to Optuna counts validation runs (epochs, unless ``val_check_interval`` asks
     for more than one per epoch).
 
+    A run whose training loss is still collapsed at the end (the
+    :class:`~naggs_lightning.callbacks.collapse.CollapseDetector`'s rule: it left its initial value, came back to
+    it and stays there) is marked with the user attribute :data:`~naggs_lightning.tune.keys.COLLAPSED`; a seeded
+    study caps its later steps below it (:func:`~naggs_lightning.tune.ceiling.capped`).
+
     Only global rank zero talks to the trial (and so to the storage); a decision to stop is broadcast,
     so every rank of a DDP trial stops at the same step. The reason is also stored in the trial's user
     attribute :data:`~naggs_lightning.tune.keys.PRUNED_REASON`: under ``ddp_spawn`` the ranks run in
@@ -310,6 +316,8 @@ class TrialCallback(Callback):
         self.monitor = monitor
         self.reason: str | None = None
         self._validations = 0
+        self._collapse = CollapseDetector()
+        self._collapsed: str | None = None
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero:
@@ -324,6 +332,8 @@ class TrialCallback(Callback):
             self.trial.set_user_attr(PRUNED_REASON, reason)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero and self._collapse.diverging:  # still collapsed at the end
+            self.trial.set_user_attr(COLLAPSED, self._collapsed)
         # A SpectralStabilityMonitor that stopped the run: its reason lives in this process (a rank's, under
         # ddp_spawn), so rank zero stores it where the study's process reads it (:func:`stop_reason`).
         if self.reason is None and (reason := _monitor_stop(trainer)) is not None:
@@ -340,6 +350,10 @@ class TrialCallback(Callback):
         bad = not all_finite(loss)
         if trainer.strategy.reduce_boolean_decision(bad, all=False):
             self._stop(trainer, f"diverged: the training loss is not finite at step {trainer.global_step}")
+        elif loss.numel() == 1:
+            collapsed, reason = self._collapse.check(float(loss))
+            if collapsed:
+                self._collapsed = reason
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self.reason is not None:

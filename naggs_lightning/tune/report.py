@@ -27,6 +27,7 @@ from naggs_lightning.lr.seed import TheorySeed
 from naggs_lightning.tune.config import dump_config
 from naggs_lightning.tune.keys import (
     ALPHA_RATIO,
+    COLLAPSED,
     PRUNED_REASON,
     SEEDED,
     STUDY_METRIC,
@@ -125,6 +126,8 @@ class Reporter:
                     outcome = f"[yellow]{trial.user_attrs.get(PRUNED_REASON, 'pruned')}[/]"
                 else:
                     outcome = "[red]failed[/]"
+                if trial.user_attrs.get(COLLAPSED):
+                    outcome += " [yellow](the loss collapsed)[/]"
                 self._progress.console.print(f"trial {trial.number}{tag}: {outcome}  ({params})")
             self.refresh(study)
 

@@ -41,6 +41,7 @@ from optuna.distributions import (
 )
 
 from naggs_lightning.lr.seed import TheorySeed, theory_seed
+from naggs_lightning.tune.ceiling import capped
 from naggs_lightning.tune.errors import TuneError
 from naggs_lightning.tune.keys import ALPHA, ALPHA_RATIO
 
@@ -367,10 +368,13 @@ class SearchSpace:
         """Every parameter's value for ``trial`` (sampled, derived and fixed), keyed as the model needs them.
 
         With ``relative`` set, the derived alpha is also stored in the trial's user attribute
-        :data:`ALPHA`.
+        :data:`ALPHA`, and the ratio's range ends below the trials that collapsed
+        (:func:`~naggs_lightning.tune.ceiling.capped`).
         """
         params: dict[str, Any] = {}
         for name, dist in self.distributions.items():
+            if name == ALPHA_RATIO and isinstance(trial, optuna.Trial):
+                dist = capped(dist, trial.study)  # below the lowest step at which a trial collapsed
             if isinstance(dist, FloatDistribution):
                 params[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
             elif isinstance(dist, IntDistribution):
