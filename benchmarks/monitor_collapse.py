@@ -31,10 +31,14 @@ from naggs_lightning.tasks import MLP, DeepDigitsCNN, DigitsDataModule, SignalCN
 NETWORKS = {
     "signal-cnn": (lambda lr: SignalCNN(lr=lr, mu=0.1, gamma=0.1), SignalDataModule, 0.2),
     "deep-digits-cnn": (
-        lambda lr: DeepDigitsCNN(lr=lr, mu=0.1, gamma=0.1), lambda: DigitsDataModule(batch_size=64), 0.1
+        lambda lr: DeepDigitsCNN(lr=lr, mu=0.1, gamma=0.1),
+        lambda: DigitsDataModule(batch_size=64),
+        0.1,
     ),
     "digits-mlp": (
-        lambda lr: MLP(hidden_sizes=(128,), lr=lr, mu=0.1, gamma=0.1), lambda: DigitsDataModule(batch_size=64), 0.4
+        lambda lr: MLP(hidden_sizes=(128,), lr=lr, mu=0.1, gamma=0.1),
+        lambda: DigitsDataModule(batch_size=64),
+        0.4,
     ),
 }
 
@@ -82,8 +86,11 @@ def overhead_table(repeats: int) -> None:
             wall, _, warned = overhead_run("mlp", steps, monitor)
             ratios.append(monitor.seconds / (wall - monitor.seconds))
             probes = len(monitor.history)
-        print(f"{steps:>6} {100 * statistics.median(ratios):>15.2f}% {probes:>7d} {warned:>9d}  (median; per run: "
-              f"{', '.join(f'{100 * r:.2f}%' for r in ratios)})", flush=True)
+        print(
+            f"{steps:>6} {100 * statistics.median(ratios):>15.2f}% {probes:>7d} {warned:>9d}  (median; per run: "
+            f"{', '.join(f'{100 * r:.2f}%' for r in ratios)})",
+            flush=True,
+        )
 
 
 def main() -> None:

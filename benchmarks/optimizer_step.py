@@ -172,13 +172,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"AdaNAGGS / AdamW, timed interleaved ({args.repeats} rounds; target <= 1.10x):")
     for path, (ours, theirs) in ADAPTIVE_PAIRS.items():
         try:
-            ms = time_interleaved({"AdaNAGGS": ours, "AdamW": theirs}, shapes, args.device, dtype,
-                                  args.warmup, args.repeats)
+            ms = time_interleaved(
+                {"AdaNAGGS": ours, "AdamW": theirs}, shapes, args.device, dtype, args.warmup, args.repeats
+            )
         except (RuntimeError, ValueError) as err:
             print(f"  {path:<8} n/a   ({str(err).splitlines()[0][:60]})")
             continue
-        print(f"  {path:<8} AdaNAGGS {ms['AdaNAGGS']:.3f} ms, AdamW {ms['AdamW']:.3f} ms: "
-              f"{ms['AdaNAGGS'] / ms['AdamW']:.3f}x")
+        print(
+            f"  {path:<8} AdaNAGGS {ms['AdaNAGGS']:.3f} ms, AdamW {ms['AdamW']:.3f} ms: "
+            f"{ms['AdaNAGGS'] / ms['AdamW']:.3f}x"
+        )
 
 
 if __name__ == "__main__":

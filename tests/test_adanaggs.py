@@ -125,8 +125,7 @@ def test_a_moving_metric_gamma_and_lr_follow_the_documented_formulas(impl, maxim
             if skip and i == 1:
                 continue
             oracle[i]["gamma"] = shared_gamma
-            xs[i] = _oracle_step(oracle[i], x, sign * h * x, lr=lr, wd=0.03, fixed_gamma=False,
-                                 maximize=maximize, **hp)
+            xs[i] = _oracle_step(oracle[i], x, sign * h * x, lr=lr, wd=0.03, fixed_gamma=False, maximize=maximize, **hp)
         oracle[1]["gamma"] = oracle[0]["gamma"]
         for p, x in zip(params, xs):
             torch.testing.assert_close(p.detach(), x, rtol=1e-10, atol=1e-12)
@@ -165,8 +164,12 @@ def test_lr_zero_leaves_parameters_velocity_and_gamma(impl):
     opt = AdaNAGGS([p], lr=0.2, gamma=3.0, **impl)
     for lr in (0.2, 0.0, 0.0):
         opt.param_groups[0]["lr"] = lr
-        before = (p.detach().clone(), copy.deepcopy(opt.state[p].get("exp_avg")), opt.param_groups[0]["gamma"],
-                  opt.param_groups[0]["velocity_scale"])
+        before = (
+            p.detach().clone(),
+            copy.deepcopy(opt.state[p].get("exp_avg")),
+            opt.param_groups[0]["gamma"],
+            opt.param_groups[0]["velocity_scale"],
+        )
         p.grad = torch.randn(5)
         opt.step()
     assert torch.equal(p, before[0]) and torch.equal(opt.state[p]["exp_avg"], before[1])

@@ -50,8 +50,14 @@ NAGGS_SPEC = OptimizerSpec(
         "tensor_lr": dict(lr=torch.tensor(0.3), mu=1.0, gamma=1.0, weight_decay=0.05),
     },
     impls={"single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)},
-    bad_values=(("lr", -0.1), ("lr", float("nan")), ("mu", -1.0), ("gamma", 0.0), ("gamma", float("inf")),
-                ("weight_decay", -0.01)),
+    bad_values=(
+        ("lr", -0.1),
+        ("lr", float("nan")),
+        ("mu", -1.0),
+        ("gamma", 0.0),
+        ("gamma", float("inf")),
+        ("weight_decay", -0.01),
+    ),
     group_edits=(("lr", 0.2, -1.0), ("mu", 2.0, -5.0), ("gamma", 3.0, -1.0), ("weight_decay", 0.1, -0.1)),
 )
 
@@ -78,10 +84,24 @@ ADANAGGS_SPEC = OptimizerSpec(
         "tensor_lr": dict(lr=torch.tensor(0.3), mu=1.0, gamma=3.0, weight_decay=0.05),
     },
     impls={"single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)},
-    bad_values=(("lr", -0.1), ("mu", -1.0), ("gamma", 0.0), ("beta2", 1.0), ("beta2", -0.1),
-                ("eps", -1e-8), ("eps", float("inf")), ("weight_decay", -0.01)),
-    group_edits=(("lr", 0.02, -1.0), ("mu", 2.0, -5.0), ("gamma", 3.0, -1.0), ("beta2", 0.99, 1.5),
-                 ("eps", 1e-6, -1.0), ("weight_decay", 0.1, -0.1)),
+    bad_values=(
+        ("lr", -0.1),
+        ("mu", -1.0),
+        ("gamma", 0.0),
+        ("beta2", 1.0),
+        ("beta2", -0.1),
+        ("eps", -1e-8),
+        ("eps", float("inf")),
+        ("weight_decay", -0.01),
+    ),
+    group_edits=(
+        ("lr", 0.02, -1.0),
+        ("mu", 2.0, -5.0),
+        ("gamma", 3.0, -1.0),
+        ("beta2", 0.99, 1.5),
+        ("eps", 1e-6, -1.0),
+        ("weight_decay", 0.1, -0.1),
+    ),
 )
 
 SPECS = {"NAGGS": NAGGS_SPEC, "AccSGD": ACCSGD_SPEC, "AdaNAGGS": ADANAGGS_SPEC}
@@ -315,8 +335,14 @@ def test_hyper_parameters_are_checked_before_params_is_read(spec, kwargs, needle
 
 @pytest.mark.parametrize(
     ("cls", "kwargs", "name"),
-    [(NAGGS, {"mu": -1.0}, "mu"), (NAGGS, {"gamma": 0.0}, "gamma"), (AccSGD, {"kappa": 0.0}, "kappa"),
-     (AdaNAGGS, {"beta2": 1.0}, "beta2"), (AdaNAGGS, {"eps": float("nan")}, "eps"), (AdaNAGGS, {"mu": -1.0}, "mu")],
+    [
+        (NAGGS, {"mu": -1.0}, "mu"),
+        (NAGGS, {"gamma": 0.0}, "gamma"),
+        (AccSGD, {"kappa": 0.0}, "kappa"),
+        (AdaNAGGS, {"beta2": 1.0}, "beta2"),
+        (AdaNAGGS, {"eps": float("nan")}, "eps"),
+        (AdaNAGGS, {"mu": -1.0}, "mu"),
+    ],
 )
 def test_each_optimizers_own_hyper_parameters_are_checked_before_params_is_read(cls, kwargs, name):
     with pytest.raises(ValueError, match=rf"\b{name} must be"):
@@ -444,8 +470,14 @@ def test_a_group_added_later_equals_one_given_at_construction(spec, name):
     own = {key: value * 0.5 for key, value in config.items() if key == "lr"}
     together = _model()
     layers = list(together.children())
-    opt = spec.cls([{"params": layers[0].parameters()}, {"params": layers[3].parameters(), **own},
-                    {"params": layers[5].parameters()}], **config)
+    opt = spec.cls(
+        [
+            {"params": layers[0].parameters()},
+            {"params": layers[3].parameters(), **own},
+            {"params": layers[5].parameters()},
+        ],
+        **config,
+    )
     _train(together, opt, 3)
     later = _model()
     layers = list(later.children())
@@ -466,7 +498,8 @@ def test_a_bad_group_added_later_is_refused_naming_the_parameter(spec):
 
 
 @pytest.mark.parametrize(
-    "scheduler", [lambda o: StepLR(o, step_size=3, gamma=0.5), lambda o: ReduceLROnPlateau(o, patience=1)],
+    "scheduler",
+    [lambda o: StepLR(o, step_size=3, gamma=0.5), lambda o: ReduceLROnPlateau(o, patience=1)],
     ids=["StepLR", "ReduceLROnPlateau"],
 )
 @pytest.mark.parametrize("spec,name", [c for c in CASES if "maximize" not in c.id])
@@ -533,4 +566,3 @@ def test_every_spec_covers_every_impl_flag_its_optimizer_takes():
         flags = {"foreach", "fused"} & set(inspect.signature(spec.cls.__init__).parameters)
         covered = {flag for impl in spec.impls.values() for flag, on in impl.items() if on}
         assert flags == covered, spec.cls.__name__
-

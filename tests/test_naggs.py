@@ -358,7 +358,7 @@ def _schedulers():
         "SequentialLR": lambda o: S.SequentialLR(o, [S.LinearLR(o, 0.2, 1.0, 3), S.ExponentialLR(o, 0.9)], [3]),
         "ChainedScheduler": lambda o: S.ChainedScheduler([S.ExponentialLR(o, 0.9), S.ConstantLR(o, 0.5, 3)]),
         # a falling loss is no gain,
-        "ReduceLROnPlateau": lambda o: S.ReduceLROnPlateau(o, mode="max", patience=0, factor=0.5)
+        "ReduceLROnPlateau": lambda o: S.ReduceLROnPlateau(o, mode="max", patience=0, factor=0.5),
     }
 
 

@@ -54,12 +54,15 @@ def _rho(alpha: float, mu: float, lam: float) -> float:
     """Spectral radius of one NAG-GS step (gamma = mu) on a mode of curvature lam (THEORY.md section 2)."""
     gamma = mu
     d = (1 + alpha) * (gamma + alpha * mu)
-    e = np.array(
-        [
-            [gamma + alpha * mu, alpha * (gamma + alpha * mu)],
-            [alpha * (mu - lam), gamma * (1 + alpha) + alpha**2 * (mu - lam)],
-        ]
-    ) / d
+    e = (
+        np.array(
+            [
+                [gamma + alpha * mu, alpha * (gamma + alpha * mu)],
+                [alpha * (mu - lam), gamma * (1 + alpha) + alpha**2 * (mu - lam)],
+            ]
+        )
+        / d
+    )
     return float(max(abs(np.linalg.eigvals(e))))
 
 
@@ -167,9 +170,7 @@ def test_a_study_stores_and_prints_the_warm_up_behind_its_seed():
         "optimizer": {"class_path": "naggs_lightning.NAGGS", "init_args": {"lr": 0.1, "mu": 0.1, "gamma": 0.1}},
         "trainer": {"max_epochs": 2, "accelerator": "cpu", "devices": 1},
     }
-    study = run(
-        config, metric="val_loss", n_trials=1, seed_trials=1, warmup_steps=6, storage=None, verbose=False
-    )
+    study = run(config, metric="val_loss", n_trials=1, seed_trials=1, warmup_steps=6, storage=None, verbose=False)
     attrs = study.user_attrs["naggs.seed"]
     seed = TheorySeed.from_attrs(attrs)
     assert seed.warmup is not None and seed.warmup.steps == 6 and len(seed.warmup.readings) == 3

@@ -49,6 +49,7 @@ from naggs_lightning.lr.warmup import batch_to, cycle
 
 __all__ = ["bracket_step"]
 
+
 def bracket_step(
     module: nn.Module,
     batches: Iterable[Any],

@@ -266,7 +266,10 @@ class AdaNAGGS(CheckedOptimizer):
                 if fused and not supported:
                     _check_fused(tensors[0])
                 run_fused = bool(fused) or (
-                    fused is None and foreach is None and supported and not tensor_lr
+                    fused is None
+                    and foreach is None
+                    and supported
+                    and not tensor_lr
                     and not torch.compiler.is_compiling()
                 )
                 run_foreach = foreach if foreach is not None else device.type in ("cpu", "cuda")
@@ -374,14 +377,27 @@ def _fused_bucket(xs, gs, ms, vs, t, device, k: _Coefficients, maximize: bool) -
     lr, b1, xcoef = float(k.lr), float(k.b1), float(k.xcoef)
     bc1 = 1.0 - b1**t
     if not bc1 > 0.0:  # b1 == 1: lr == 0 (or a step too small to move the velocity); the kernel would 0/0
-        _foreach_bucket(xs, gs, ms, vs, t, _Coefficients(lr=lr, b1=b1, xcoef=xcoef, wd=k.wd, beta2=k.beta2,
-                                                          eps=k.eps), maximize)
+        _foreach_bucket(
+            xs, gs, ms, vs, t, _Coefficients(lr=lr, b1=b1, xcoef=xcoef, wd=k.wd, beta2=k.beta2, eps=k.eps), maximize
+        )
         return
     kernel_lr = xcoef * bc1  # the kernel divides by its bias correction 1 - b1^t
     kernel_wd = lr * k.wd / kernel_lr if k.wd != 0.0 and kernel_lr > 0.0 else 0.0  # 1 - lr wd
     steps = [torch.full((), t, dtype=torch.float32, device=device)] * len(xs)
     torch._fused_adamw_(
-        xs, gs, ms, vs, [], steps,
-        lr=kernel_lr, beta1=b1, beta2=k.beta2, weight_decay=kernel_wd, eps=k.eps,
-        amsgrad=False, maximize=maximize, grad_scale=None, found_inf=None,
+        xs,
+        gs,
+        ms,
+        vs,
+        [],
+        steps,
+        lr=kernel_lr,
+        beta1=b1,
+        beta2=k.beta2,
+        weight_decay=kernel_wd,
+        eps=k.eps,
+        amsgrad=False,
+        maximize=maximize,
+        grad_scale=None,
+        found_inf=None,
     )

@@ -66,7 +66,6 @@ class SequenceDataModule(GeneratedDataModule):
         return TensorDataset(inputs, targets)
 
 
-
 class _SelfAttention(nn.Module):
     def __init__(self, d_model: int, num_heads: int) -> None:
         super().__init__()
