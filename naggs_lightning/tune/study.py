@@ -39,7 +39,6 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
-from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 from rich.console import Console
 
@@ -57,6 +56,7 @@ from naggs_lightning.tune.objective import (
 )
 from naggs_lightning.tune.opening import config_fingerprint, open_study
 from naggs_lightning.tune.options import TuneOptions, default_output_dir, default_study_name
+from naggs_lightning.tune.pruning import expected_validations, make_pruner
 from naggs_lightning.tune.report import Reporter, results_table, write_best, write_plots
 from naggs_lightning.tune.seeding import seed_new_study
 from naggs_lightning.tune.space import DEFAULT_RANGES, SearchSpace
@@ -65,19 +65,6 @@ from naggs_lightning.tune.trial_outputs import keep_best_checkpoints
 from naggs_lightning.tune.workers import optimize
 
 __all__ = ["run"]
-
-
-def _pruner(pruner: str | BasePruner) -> BasePruner:
-    if isinstance(pruner, BasePruner):
-        return pruner
-    if pruner == "median":
-        # Five trials before any pruning; never on the first validation, which is noisy.
-        return MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    if pruner == "hyperband":
-        return HyperbandPruner(min_resource=1)
-    if pruner == "none":
-        return NopPruner()
-    raise AssertionError(f"TuneOptions admitted the pruner {pruner!r}")
 
 
 def _sampler(sampler: str | BaseSampler, seed: int | None) -> BaseSampler:
@@ -322,7 +309,7 @@ def run(
                 study_name,
                 opts.resolved_direction,
                 _sampler(opts.sampler, opts.sampler_seed),
-                _pruner(opts.pruner),
+                make_pruner(opts.pruner, expected_validations(prepared.probe.trainer)),
                 declared=prepared.declared,
                 metric=opts.metric,
                 fingerprint=config_fingerprint(config_dict),
