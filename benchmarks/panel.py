@@ -315,6 +315,7 @@ def part_tune(
             per_run = seconds[(kind, model.name)] / len(runs)
             # Each sampler seed's best after the budget, in seed order: any subset's median can be read off.
             each = out[model.name][kind]["each_seed"] = [_best_after(r, budget) for r in runs]
+            out[model.name][kind]["trials"] = runs  # (val_acc, seeded) of every trial, per sampler seed
             shown = " ".join(f"{v:.3f}" for v in each)
             print(f"  {model.name:<12} {kind:<11} {cells}  {share:>11}  {per_run:>7.0f}  [{shown}]", flush=True)
     return out
