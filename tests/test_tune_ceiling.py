@@ -7,6 +7,7 @@ collapses to chance (``tests/test_collapse.py``), against the same network at ha
 
 from __future__ import annotations
 
+import io
 import math
 
 import lightning.pytorch as pl
@@ -15,11 +16,13 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
+from rich.console import Console
 
 from naggs_lightning.tasks import SignalCNN, SignalDataModule
 from naggs_lightning.tune import SearchSpace, keys
 from naggs_lightning.tune.ceiling import capped, ratio_ceiling
 from naggs_lightning.tune.objective import TrialCallback
+from naggs_lightning.tune.report import Reporter
 from naggs_lightning.tune.space import RelativeAlpha
 
 RANGE = FloatDistribution(0.25, 5.66, log=True)
@@ -102,3 +105,19 @@ def test_a_trial_whose_loss_collapsed_is_marked(lr, collapses, quiet_trainer):
     assert bool(marked) is collapses
     if collapses:
         assert marked.startswith("collapsed: the loss")
+
+
+def test_the_trial_line_says_the_loss_collapsed_and_where_the_range_now_ends():
+    relative = RelativeAlpha(
+        lambda_max=10.0, safety=1.0, window=4.0, low=1e-4, high=10.0, ratio_low=0.25, ratio_high=5.66
+    )
+    space = SearchSpace({"lr": RANGE, "mu": FloatDistribution(1e-3, 1.0, log=True)}, {"gamma": 0.03}).seeded(relative)
+    study = optuna.create_study(direction="maximize")
+    study.add_trials([trial(2.0, 0.984), trial(4.0, 0.102, collapsed=True)])
+    out = io.StringIO()
+    reporter = Reporter(Console(file=out, width=300), space, n_trials=2, metric="val_acc")
+    collapsed = study.get_trials()[1]
+    reporter.trial_finished(study, collapsed)
+    assert "val_acc = 0.102 (the loss collapsed; later trials search alpha/seed up to 2.83)" in out.getvalue()
+    reporter.trial_finished(study, study.get_trials()[0])  # the control: no mark on a trial that held
+    assert out.getvalue().count("collapsed") == 1

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import (
@@ -24,6 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from naggs_lightning.lr.seed import TheorySeed
+from naggs_lightning.tune.ceiling import capped
 from naggs_lightning.tune.config import dump_config
 from naggs_lightning.tune.keys import (
     ALPHA_RATIO,
@@ -109,6 +111,14 @@ class Reporter:
         for name, text in self.space.describe():
             self.console.print(f"  {name}: {text}")
 
+    def _ceiling_note(self, study: optuna.Study) -> str:
+        """Where the alpha/seed range now ends, if collapsed trials cut it (:mod:`~naggs_lightning.tune.ceiling`)."""
+        dist = self.space.distributions.get(ALPHA_RATIO)
+        if not isinstance(dist, FloatDistribution):
+            return ""
+        top = capped(dist, study).high
+        return f"; later trials search alpha/seed up to {top:.3g}" if top < dist.high else ""
+
     def refresh(self, study: optuna.Study) -> None:
         finished = len(study.get_trials(deepcopy=False, states=_FINISHED))
         best = best_trial(study)
@@ -127,7 +137,7 @@ class Reporter:
                 else:
                     outcome = "[red]failed[/]"
                 if trial.user_attrs.get(COLLAPSED):
-                    outcome += " [yellow](the loss collapsed)[/]"
+                    outcome += f" [yellow](the loss collapsed{self._ceiling_note(study)})[/]"
                 self._progress.console.print(f"trial {trial.number}{tag}: {outcome}  ({params})")
             self.refresh(study)
 
