@@ -350,7 +350,7 @@ class TrialCallback(Callback):
         bad = not all_finite(loss)
         if trainer.strategy.reduce_boolean_decision(bad, all=False):
             self._stop(trainer, f"diverged: the training loss is not finite at step {trainer.global_step}")
-        elif loss.numel() == 1:
+        elif trainer.is_global_zero and loss.numel() == 1:  # only rank zero writes the mark
             collapsed, reason = self._collapse.check(float(loss))
             if collapsed:
                 self._collapsed = reason
