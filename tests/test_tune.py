@@ -327,6 +327,41 @@ def test_fixed_gamma_is_seeded_at_the_papers_alpha_c_for_its_own_gamma():
     assert expected != pytest.approx(0.9 * theory.alpha_opt(0.05, lam), rel=0.05)
 
 
+def test_the_fourth_seeded_trial_tries_ten_times_mu_at_the_first_trials_step():
+    from naggs_lightning.tune.seeding import LIGHT_MOMENTUM_MU, light_momentum
+
+    point, searched = {"alpha/seed": 2.0, "mu": 0.03}, FloatDistribution(1e-3, 1.0, log=True)
+    assert light_momentum(point, "mu", searched) == {"alpha/seed": 2.0, "mu": pytest.approx(0.3)}
+    assert light_momentum(point, "mu", FloatDistribution(1e-3, 0.1, log=True))["mu"] == 0.1  # cut to mu's range
+    assert light_momentum({**point, "mu": 0.1}, "mu", FloatDistribution(1e-3, 0.1)) is None  # at its top already
+    assert light_momentum(point, "mu", None) is None  # mu pinned
+    assert light_momentum(point, "mu", FloatDistribution(0.01, 1.0, step=0.01)) is None  # not a continuous range
+
+    # In a real study with mu searched: trial 3 is trial 0's ratio at LIGHT_MOMENTUM_MU times its mu, seeded;
+    # its alpha is the theory's step for that mu, larger than trial 0's (alpha* grows with mu).
+    study = run(
+        model=lambda p: TinyClassifier(**p),
+        datamodule=TinyData(),
+        trainer_kwargs=_trainer_kwargs(max_epochs=1),
+        space={"mu": "1e-3..1:log", "gamma": 0.05},
+        storage=None,
+        curvature_batches=1,
+        warmup_steps=0,
+        bracket_steps=0,
+        n_trials=5,
+        sampler_seed=0,
+        verbose=False,
+    )
+    first, light, sampled = study.trials[0], study.trials[3], study.trials[4]
+    assert light.user_attrs[keys.SEEDED] and not sampled.user_attrs.get(keys.SEEDED)
+    assert light.params[keys.ALPHA_RATIO] == first.params[keys.ALPHA_RATIO]
+    assert light.params["mu"] == pytest.approx(min(LIGHT_MOMENTUM_MU * first.params["mu"], 1.0))
+    assert light.user_attrs[keys.ALPHA] > first.user_attrs[keys.ALPHA]
+    # the other seeded trials bracket the step at the first trial's mu
+    assert [t.params[keys.ALPHA_RATIO] for t in study.trials[:3]] == [1.0, 0.5, 2.0]
+    assert {t.params["mu"] for t in study.trials[:3]} == {first.params["mu"]}
+
+
 @pytest.mark.slow
 def test_study_end_to_end_on_sqlite(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
@@ -352,9 +387,10 @@ def test_study_end_to_end_on_sqlite(tmp_path):
     lam = _exact_lambda_max(3)
     expected = 0.9 * 2 * (0.05 + math.sqrt(0.05 * lam)) / (lam - 0.05)
     first = trials[0]
-    # Three seeded trials first, bracketing it: the theory's step, half and twice it.
-    assert [t.params[keys.ALPHA_RATIO] for t in trials[:3]] == [1.0, 0.5, 2.0]
-    assert all(t.user_attrs[keys.SEEDED] for t in trials[:3]) and not trials[3].user_attrs.get(keys.SEEDED)
+    # Four seeded trials first, bracketing it: the theory's step, half, twice and a quarter of it (mu is pinned, so
+    # no seeded trial tries a larger mu).
+    assert [t.params[keys.ALPHA_RATIO] for t in trials[:4]] == [1.0, 0.5, 2.0, 0.25]
+    assert all(t.user_attrs[keys.SEEDED] for t in trials[:4]) and not trials[4].user_attrs.get(keys.SEEDED)
     assert first.user_attrs[keys.ALPHA] == pytest.approx(expected, rel=2e-3)
     assert "gamma" not in first.params  # left to its default: not searched, it starts at the seed's mu
     attrs = study.user_attrs[keys.STUDY_SEED]
@@ -377,7 +413,7 @@ def test_study_end_to_end_on_sqlite(tmp_path):
     study = run(n_trials=7, **common)
     after = study.get_trials(deepcopy=False)
     assert [(t.number, t.params, t.user_attrs, t.value, t.state) for t in after[:5]] == before
-    assert len(after) == 7 and sum(bool(t.user_attrs.get(keys.SEEDED)) for t in after) == 3
+    assert len(after) == 7 and sum(bool(t.user_attrs.get(keys.SEEDED)) for t in after) == 4
     assert study.user_attrs[keys.STUDY_SEED] == attrs
 
 

@@ -175,7 +175,10 @@ def _wait_for_training(proc: subprocess.Popen, db: Path, *, min_finished: int = 
 @pytest.mark.slow
 def test_resume_after_killing_the_process_mid_trial(tmp_path):
     recipe, db = _recipe(tmp_path / "recipe.yaml", max_epochs=8), tmp_path / "tune.db"
-    cmd = [*NAGGS_TUNE, *_args(recipe, db, "--n-trials", "4", "--heartbeat-interval", "1", "--pruner", "none")]
+    cmd = [
+        *NAGGS_TUNE,
+        *_args(recipe, db, "--n-trials", "4", "--seed-trials", "3", "--heartbeat-interval", "1", "--pruner", "none"),
+    ]
     proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         # Killed while the storage shows it training a trial of its own: that trial is cut short.
@@ -245,7 +248,7 @@ def test_ctrl_c_mid_trial_exits_130_fails_the_trial_and_resume_trains_it_again(t
 @pytest.mark.slow
 def test_two_processes_on_one_storage_run_exactly_n_distinct_trials(tmp_path):
     recipe, db = _recipe(tmp_path / "recipe.yaml", max_epochs=1), tmp_path / "tune.db"
-    cmd = [*NAGGS_TUNE, *_args(recipe, db, "--n-trials", "6", "--pruner", "none")]
+    cmd = [*NAGGS_TUNE, *_args(recipe, db, "--n-trials", "6", "--seed-trials", "3", "--pruner", "none")]
     procs = [
         subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for _ in range(2)

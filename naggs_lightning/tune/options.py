@@ -93,7 +93,9 @@ class TuneOptions:
         "search alpha in [1/W, W] x the theory's step for each trial's mu (gamma relaxes to mu), cut to alpha's range",
     )
     seed_trials: int = _option(
-        3, "seeded trials to enqueue around the best step the bracket found (b): b, b/2, 2b, b/4, 4b, ..."
+        4,
+        "seeded trials to enqueue around the best step the bracket found (b): b, b/2, 2b, then b at 10x mu (less "
+        "momentum; where mu is searched), b/4, 4b, ...",
     )
     warmup_steps: int = _option(
         WARMUP_STEPS,
