@@ -110,15 +110,18 @@ def test_naggs_tune_runs_a_seeded_adanaggs_study(tmp_path):
     recipe, db = tmp_path / "ada.yaml", tmp_path / "tune.db"
     recipe.write_text(yaml.safe_dump(config, sort_keys=False))
     args = ["--config", str(recipe), "--storage", f"sqlite:///{db}", "--study-name", "ada", "--quiet"]
-    assert naggs_tune([*args, "--n-trials", "2", "--sampler-seed", "0", "--output-dir", str(tmp_path / "out")]) == 0
+    args += ["--param", "mu=0.1..100:log"]  # room above the configured mu, where a NAGGS study would try 10x
+    assert naggs_tune([*args, "--n-trials", "4", "--sampler-seed", "0", "--output-dir", str(tmp_path / "out")]) == 0
     study = optuna.load_study(study_name="ada", storage=f"sqlite:///{db}")
     seed = study.user_attrs[keys.STUDY_SEED]
     assert seed["warmup"]["metric"] == "AdaNAGGS"
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == 2 and done[0].user_attrs[keys.SEEDED] is True  # the rest of the seeded trials wait
+    assert len(done) == 4 and all(t.user_attrs[keys.SEEDED] for t in done)
     assert np.isfinite(study.best_value)
     best = Bracket.from_attrs(seed["bracket"]).best.alpha  # the first trial: half the bracket's best, then the best
-    assert [t.user_attrs[keys.ALPHA] for t in done] == pytest.approx([0.5 * best, best])
+    assert [t.user_attrs[keys.ALPHA] for t in done[:2]] == pytest.approx([0.5 * best, best])
+    # mu is searched, but in a metric no seeded trial tries a larger mu: all four run at the configured one
+    assert {t.params["optimizer.init_args.mu"] for t in done} == {1.0}
 
 
 def test_a_network_warms_up_in_a_forming_metric_without_a_false_collapse():

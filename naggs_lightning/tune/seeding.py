@@ -4,9 +4,9 @@ The curvature is measured once per study (:func:`~naggs_lightning.lr.measure.mea
 short warm-up on a copy of the model, then short runs at 1, 2 and 4 times the theory's step), at the mu
 the configured (or the model's own) NAGGS uses. The first ``seed_trials`` trials bracket the best step
 the short runs found, ``b``: ``b``, ``b/2``, ``2b``, ``b/4``, ... (a multiple where a short run collapsed or
-diverged is skipped). Where mu is searched, the fourth of them tries less momentum instead: the first trial's
-step at ten times its mu (:func:`light_momentum`). Every later trial searches alpha as a multiple of the theory's
-step for its own mu (:class:`~naggs_lightning.tune.space.RelativeAlpha`).
+diverged is skipped). Where NAGGS's mu is searched, the fourth of them tries less momentum instead: the first
+trial's step at ten times its mu (:func:`light_momentum`). Every later trial searches alpha as a multiple of the
+theory's step for its own mu (:class:`~naggs_lightning.tune.space.RelativeAlpha`).
 
 Where the user left mu and gamma to the defaults, the space follows the theory and the curvature met:
 
@@ -90,7 +90,12 @@ def seed_new_study(probe: TrialParts, declared: SearchSpace, reference: dict[str
     base = declared.encode(base)
     ratios = seeded_ratios(seed, opts.seed_trials, (low, high))
     enqueued = [{**base, keys.ALPHA_RATIO: ratio} for ratio in ratios]
-    light = light_momentum(enqueued[0], declared.mu, declared.distributions.get(declared.mu))
+    # In a metric the trial was never the best seeded one (see light_momentum).
+    light = (
+        None
+        if hyper.kind.preconditioned
+        else light_momentum(enqueued[0], declared.mu, declared.distributions.get(declared.mu))
+    )
     if light is not None and opts.seed_trials > LIGHT_MOMENTUM_AT:
         enqueued = [*enqueued[:LIGHT_MOMENTUM_AT], light, *enqueued[LIGHT_MOMENTUM_AT:]][: opts.seed_trials]
     first = relative.alpha(ratios[0], mu, gamma)
@@ -130,11 +135,15 @@ def light_momentum(point: dict[str, Any], name: str, dist: BaseDistribution | No
     """``point`` with mu (``name``) :data:`LIGHT_MOMENTUM_MU` times larger within ``dist``; ``None`` where mu is not
     searched over a continuous range or already at its top.
 
-    At the theory's step the momentum deficit is ``1 - beta ~ 4 sqrt(mu/L)``, so a tenfold mu about triples it
-    (beta 0.87 to 0.6 at the defaults) at a similar effective step ``~4/L``. The bracket's short runs all run at the
-    configured mu and cannot see this direction. Measured on the panel of user models (``benchmarks/panel.py
-    --parts tune``, median of 6 sampler seeds): the BN-ResNet's best trials sit at mu 0.13-0.34 against the
-    default 0.03, and this trial is its best seeded one (0.980 against 0.960 at the default mu)."""
+    At the theory's step the momentum deficit is ``1 - beta ~ 4 sqrt(mu/L)``, so a tenfold mu about triples it at a
+    similar effective step ``~4/L`` (on the panel's design models, beta 0.86-0.90 becomes 0.61-0.72). The bracket's
+    short runs all run at the configured mu and cannot see this direction. Measured on the panel of user models
+    (``benchmarks/panel.py --parts tune``, 6 sampler seeds): the BN-ResNet's best trials sit at mu 0.13-0.34 against
+    the default 0.03, and this trial is its best seeded one (0.980 against 0.960 at the default mu).
+
+    Not for AdaNAGGS: there it was the best seeded trial on none of the five panel models (BN-ResNet 0.940 against
+    0.960, with mu cut to its range at 1.6x) and none of the three sharpening networks, while it took the place of a
+    sampled trial (the signal CNN's best after 5 fell from 0.762 to 0.742)."""
     if name not in point or not isinstance(dist, FloatDistribution) or dist.step is not None:
         return None
     mu = min(float(point[name]) * LIGHT_MOMENTUM_MU, dist.high)
