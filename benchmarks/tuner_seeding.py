@@ -5,9 +5,9 @@ pruning, every trial trained from the same initialisation (``seed_everything(0)`
 Lightning trainer settings:
 
 * ``seeded``: ``naggs_lightning.tune.run(..., seed=True)``, naggs-tune's default: the curvature is read
-  after a short staged warm-up of a copy of the model (:mod:`naggs_lightning.lr.warmup`), three
-  seeded trials (the theory's step, half, a quarter), then alpha searched as a multiple in [0.1, 10]
-  of the theory's step for each trial's mu; mu and gamma over naggs-tune's default ranges.
+  after a short staged warm-up of a copy of the model (:mod:`naggs_lightning.lr.warmup`), the seeded
+  trials around the bracket's best step (:mod:`naggs_lightning.tune.seeding`), then alpha searched as a
+  multiple of the theory's step for each trial's mu; mu and gamma over naggs-tune's theory ranges.
 * ``seeded@init`` (``--studies``): the same with the curvature read at initialisation over four
   batches (``warmup_steps=0, curvature_batches=4``): the seed before the warm-up existed.
 * ``unseeded``: ``run(..., seed=False)``: alpha, mu and gamma sampled directly over the default ranges.
