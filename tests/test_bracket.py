@@ -129,9 +129,9 @@ def test_seeded_trials_keep_the_best_step_and_skip_only_failures_above_it():
     assert bracketed(4.0, (1.0, "trains"), (2.0, "trains"), (4.0, "trains")) == ([4.0, 2.0, root2(4)], (1.0, root2(4)))
     # nothing trained in the short runs (a slow start, then a collapse): the theory's step is still tried first
     assert bracketed(1.0, (1.0, "slow"), (2.0, "collapsed")) == ([1.0, 0.5, 0.25], (0.25, root2(1)))
-    # in a metric the seed is half the bracket's best: the same trials, that one first
+    # in a metric the seed is half the bracket's best: that one first, then b, then the smaller step before 2b
     assert bracketed(2.0, (1.0, "trains"), (2.0, "trains"), (4.0, "trains"), first=0.5) == (
-        [1.0, 2.0, 4.0],
+        [1.0, 2.0, 0.5],
         (0.5, root2(4)),
     )
     assert bracketed(1.0, (1.0, "trains"), (2.0, "collapsed"), first=0.5) == ([0.5, 1.0, 0.25], (0.25, root2(1)))
