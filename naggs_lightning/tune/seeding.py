@@ -141,8 +141,8 @@ def light_momentum(point: dict[str, Any], name: str, dist: BaseDistribution | No
     (``benchmarks/panel.py --parts tune``, 6 sampler seeds): the BN-ResNet's best trials sit at mu 0.13-0.34 against
     the default 0.03, and this trial is its best seeded one (0.980 against 0.960 at the default mu).
 
-    Not for AdaNAGGS, whose fourth seeded trial is the bracket's next step (b/4 after b/2, b, 2b): where mu had room
-    above its configured value, the light trial was never the best seeded one (panel BN-ResNet 0.940, MLP 0.890,
+    Not for AdaNAGGS, whose seeded trials are b/2, b, b/4 and 2b (:func:`seeded_ratios`): where mu had room above
+    its configured value, the light trial was never the best seeded one (panel BN-ResNet 0.940, MLP 0.890,
     CNN 0.970; deep digits CNN 0.963, sort transformer 0.818), and the b/4 trial scores 0.974 on the BN-ResNet."""
     if name not in point or not isinstance(dist, FloatDistribution) or dist.step is not None:
         return None
