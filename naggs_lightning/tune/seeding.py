@@ -182,7 +182,7 @@ def seeded_ratios(seed: TheorySeed, count: int, bounds: tuple[float, float]) -> 
     ceiling = min(failed, default=math.inf)
     low, high = bounds
     first = seed.alpha / seed.theory_step
-    towards = 1.0 if best > first else -1.0
+    towards = 1.0 if best > first * (1.0 + 1e-9) else -1.0  # the seed is b itself for NAGGS: down first
     ladder = (first * 2.0 ** (towards * (j // 2 + 1) * (1 if j % 2 == 0 else -1)) for j in range(4 * count))
     ratios: list[float] = []
     for ratio in itertools.chain([first], ladder):
