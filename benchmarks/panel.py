@@ -102,6 +102,11 @@ def train(model: Model, factory: Factory, lr: float, seed: int) -> float:
     module = _module(model, factory, lr)
     trainer = quiet_trainer(max_epochs=model.epochs, accelerator="cpu", devices=1, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=DATA[model.data]())
+    return _score(trainer)
+
+
+def _score(trainer: pl.Trainer) -> float:
+    """The final val_acc of a fit, 0 where the loss went non-finite."""
     acc = float(trainer.callback_metrics.get("val_acc", math.nan))
     loss = float(trainer.callback_metrics.get("val_loss", math.nan))
     return acc if math.isfinite(loss) and math.isfinite(acc) else 0.0
@@ -233,11 +238,19 @@ def _config(model: Model, optimizer: str) -> dict[str, Any]:
     }
 
 
-def _naggs_study(model: Model, sampler_seed: int, budget: int, optimizer: str) -> list[tuple[float, bool]]:
-    """naggs-tune's study of ``optimizer`` at its defaults: each trial's (last reported val_acc, seeded)."""
-    import optuna
+#: Trials after which a study's chosen configuration is retrained on fresh seeds (``--refit-seeds``).
+REFIT_KS = (8, 20)
 
+#: Retrains a study's trial from a training seed: its final val_acc.
+Refit = Callable[[Any, int], float]
+
+
+def _naggs_study(model: Model, sampler_seed: int, budget: int, optimizer: str) -> tuple[Any, Refit]:
+    """naggs-tune's study of ``optimizer`` at its defaults, and how to retrain one of its trials."""
+    from naggs_lightning.lightning_cli import build_cli
     from naggs_lightning.tune import keys, run
+    from naggs_lightning.tune.config import with_params
+    from naggs_lightning.tune.space import SearchSpace
 
     study = run(
         _config(model, optimizer),
@@ -247,6 +260,45 @@ def _naggs_study(model: Model, sampler_seed: int, budget: int, optimizer: str) -
         verbose=False,
         output_dir=Path("/tmp/panel-tune") / f"{optimizer}-{model.name}-{sampler_seed}",
     )
+    space = SearchSpace.from_json(study.user_attrs[keys.STUDY_SPACE])
+
+    def refit(trial: Any, seed: int) -> float:
+        # The trial's config as naggs-tune built it (alpha itself in place of its ratio), from another seed.
+        config = with_params(_config(model, optimizer), {**space.values(trial), **space.fixed})
+        config["seed_everything"] = seed
+        config["trainer"].update(enable_progress_bar=False, enable_model_summary=False, logger=False)
+        cli = build_cli(config, run=False, save_config_callback=None)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        return _score(cli.trainer)
+
+    return study, refit
+
+
+def _adamw_tpe_study(model: Model, sampler_seed: int, budget: int, optimizer: str) -> tuple[Any, Refit]:
+    """What a user writes without this package: TPE over AdamW's lr and weight decay, no pruning."""
+    import optuna
+
+    def fit(params: dict[str, float], seed: int) -> float:
+        factory = lambda p, lr: torch.optim.AdamW(p, lr=lr, weight_decay=params["weight_decay"])  # noqa: E731
+        return train(model, factory, params["lr"], seed)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+        trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
+        return fit(trial.params, 0)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=sampler_seed))
+    study.optimize(objective, n_trials=budget)
+    return study, lambda trial, seed: fit(trial.params, seed)
+
+
+def _trial_scores(study: Any) -> list[tuple[float, bool]]:
+    """Each trial's (last reported val_acc, seeded), in trial order; 0 for a failed trial."""
+    import optuna
+
+    from naggs_lightning.tune import keys
+
     out = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         value = t.value if t.value is not None else (list(t.intermediate_values.values()) or [0.0])[-1]
@@ -256,32 +308,33 @@ def _naggs_study(model: Model, sampler_seed: int, budget: int, optimizer: str) -
     return out
 
 
-def _adamw_tpe_study(model: Model, sampler_seed: int, budget: int, optimizer: str) -> list[tuple[float, bool]]:
-    """What a user writes without this package: TPE over AdamW's lr and weight decay, no pruning."""
+def _refits(study: Any, refit: Refit, seeds: list[int]) -> dict[int, list[float]]:
+    """For each k of :data:`REFIT_KS`: the best completed trial among the first k (the one a user keeps), retrained
+    from each of ``seeds``."""
     import optuna
 
-    def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
-        wd = trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
-        return train(model, lambda params, lr_: torch.optim.AdamW(params, lr=lr_, weight_decay=wd), lr, 0)
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=sampler_seed))
-    study.optimize(objective, n_trials=budget)
-    return [(float(t.value), False) for t in study.trials]
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    out = {}
+    for k in REFIT_KS:
+        done = [t for t in trials[:k] if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(trials) >= k and done:
+            chosen = max(done, key=lambda t: t.value)
+            out[k] = [refit(chosen, seed) for seed in seeds]
+    return out
 
 
 def _study(
-    kind: str, model_name: str, sampler_seed: int, budget: int, optimizer: str
-) -> tuple[str, str, int, list, float]:
+    kind: str, model_name: str, sampler_seed: int, budget: int, optimizer: str, refit_seeds: list[int]
+) -> tuple[str, str, int, list, dict[int, list[float]], float]:
     torch.set_num_threads(1)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     model = {**PANEL, **HELD_OUT}[model_name]
     start = time.perf_counter()
-    trials = (_naggs_study if kind == "naggs-tune" else _adamw_tpe_study)(model, sampler_seed, budget, optimizer)
-    return kind, model_name, sampler_seed, trials, time.perf_counter() - start
+    study, refit = (_naggs_study if kind == "naggs-tune" else _adamw_tpe_study)(model, sampler_seed, budget, optimizer)
+    took = time.perf_counter() - start
+    return kind, model_name, sampler_seed, _trial_scores(study), _refits(study, refit, refit_seeds), took
 
 
 def _best_after(trials: list[tuple[float, bool]], k: int) -> float:
@@ -289,15 +342,23 @@ def _best_after(trials: list[tuple[float, bool]], k: int) -> float:
 
 
 def part_tune(
-    models: list[Model], seeds: list[int], budget: int, jobs: int, optimizer: str, baseline: bool
+    models: list[Model],
+    seeds: list[int],
+    budget: int,
+    jobs: int,
+    optimizer: str,
+    baseline: bool,
+    refit_seeds: list[int],
 ) -> dict[str, Any]:
     kinds = ("naggs-tune", "AdamW+TPE") if baseline else ("naggs-tune",)
-    jobs_list = [(kind, m.name, s, budget, optimizer) for m in models for kind in kinds for s in seeds]
+    jobs_list = [(kind, m.name, s, budget, optimizer, refit_seeds) for m in models for kind in kinds for s in seeds]
     done: dict[tuple[str, str], list[list[tuple[float, bool]]]] = {}
+    refits: dict[tuple[str, str], list[dict[int, list[float]]]] = {}
     seconds: dict[tuple[str, str], float] = {}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for kind, name, _, trials, took in pool.map(_study, *zip(*jobs_list)):
+        for kind, name, _, trials, refit, took in pool.map(_study, *zip(*jobs_list)):
             done.setdefault((kind, name), []).append(trials)
+            refits.setdefault((kind, name), []).append(refit)
             seconds[(kind, name)] = seconds.get((kind, name), 0.0) + took
     ks = [k for k in KS if k <= budget]
     out: dict[str, Any] = {}
@@ -318,7 +379,34 @@ def part_tune(
             out[model.name][kind]["trials"] = runs  # (val_acc, seeded) of every trial, per sampler seed
             shown = " ".join(f"{v:.3f}" for v in each)
             print(f"  {model.name:<12} {kind:<11} {cells}  {share:>11}  {per_run:>7.0f}  [{shown}]", flush=True)
+    if refit_seeds:
+        _print_refits(models, kinds, refits, refit_seeds, out)
     return out
+
+
+def _print_refits(
+    models: list[Model],
+    kinds: tuple[str, ...],
+    refits: dict[tuple[str, str], list[dict[int, list[float]]]],
+    refit_seeds: list[int],
+    out: dict[str, Any],
+) -> None:
+    """The model a user keeps: each study's chosen configuration retrained from fresh seeds (:func:`_refits`)."""
+    ks = [k for k in REFIT_KS if all(k in r for runs in refits.values() for r in runs)]
+    print(
+        f"== kept: the best completed trial after k trials retrained from seeds {refit_seeds}, median over those seeds"
+        " and then over sampler seeds [each sampler seed after the last k]"
+    )
+    print(f"  {'model':<12} {'study':<11} " + " ".join(f"{'k=' + str(k):>6}" for k in ks))
+    for model in models:
+        for kind in kinds:
+            runs = refits[(kind, model.name)]
+            medians = [statistics.median(statistics.median(r[k]) for r in runs) for k in ks]
+            each = [statistics.median(r[ks[-1]]) for r in runs] if ks else []
+            out[model.name][kind]["kept"] = {"after": dict(zip(ks, medians)), "each_seed": each, "runs": runs}
+            cells = " ".join(f"{m:>6.3f}" for m in medians)
+            shown = " ".join(f"{v:.3f}" for v in each)
+            print(f"  {model.name:<12} {kind:<11} {cells}  [{shown}]", flush=True)
 
 
 def main() -> None:
@@ -334,6 +422,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="studies in parallel (tune)")
     parser.add_argument("--tune-optimizer", default="NAGGS", choices=["NAGGS", "AdaNAGGS"], help="naggs-tune's (tune)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the AdamW+TPE studies (tune)")
+    parser.add_argument(
+        "--refit-seeds",
+        type=int,
+        default=0,
+        help="retrain each study's best completed trial after 8 and 20 trials from this many fresh seeds (tune)",
+    )
     parser.add_argument("--out", type=Path, help="save the medians as JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -356,7 +450,13 @@ def main() -> None:
     if "tune" in args.parts:
         print(f"== tuned: best val_acc after k trials, median of {args.seeds} sampler seeds")
         results["tune"] = part_tune(
-            models, seeds, args.budget, args.jobs, args.tune_optimizer, baseline=not args.no_baseline
+            models,
+            seeds,
+            args.budget,
+            args.jobs,
+            args.tune_optimizer,
+            baseline=not args.no_baseline,
+            refit_seeds=list(range(1, args.refit_seeds + 1)),  # the studies train from seed 0
         )
     print(f"({time.perf_counter() - start:.0f} s)")
     if args.out:

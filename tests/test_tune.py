@@ -152,9 +152,32 @@ def test_the_default_mu_range_is_widened_to_hold_the_configured_mu():
     space = SearchSpace.parse({}, config={"optimizer": {"class_path": "naggs_lightning.AdaNAGGS"}})
     theory_low = 1000.0 * (MOMENTUM_DEFICIT[0] / 4) ** 2
     for lambda_max, expected in ((1000.0, (theory_low, 26.0)), (40.0, (1e-4, 26.0))):  # L > 2 mu, then L <= 2 mu
-        searched = _theory_ranges(space, theory_seed(lambda_max, 26.0, 26.0), 26.0, False)
+        searched = _theory_ranges(space, theory_seed(lambda_max, 26.0, 26.0), 26.0, False, None)
         dist = searched.distributions["optimizer.init_args.mu"]
         assert dist.log and (dist.low, dist.high) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("steps", "deficit"), [(None, 0.02), (10_000, 0.02), (180, 10 / 180), (100, 0.1)])
+def test_the_mu_range_keeps_a_momentum_whose_swings_die_out_within_the_run(steps, deficit):
+    """At the lower end of the default mu range, the theory's step gives a heavy-ball momentum ``beta`` whose
+    oscillations (decay time ``2 / (1 - beta)`` steps) die out five times over in a run of ``steps`` steps, and no
+    heavier than ``1 - beta = 0.02``. Oracle: the closed-form optimal step and the heavy-ball identity of
+    :mod:`naggs_lightning.theory`, against the range's small-mu rule ``1 - beta ~ 4 sqrt(mu / L)``."""
+    from naggs_lightning import theory
+    from naggs_lightning.lr.seed import theory_seed
+    from naggs_lightning.tune.seeding import _theory_ranges
+
+    lambda_max = 30.0
+    space = SearchSpace.parse({}, config={"optimizer": {"class_path": "naggs_lightning.NAGGS"}})
+    searched = _theory_ranges(space, theory_seed(lambda_max, 0.05, 0.05), 0.05, False, steps)
+    dist = searched.distributions["optimizer.init_args.mu"]
+
+    def one_minus_beta(mu: float) -> float:
+        return 1.0 - theory.heavy_ball_equivalent(theory.alpha_opt(mu, lambda_max), mu, mu)[1]
+
+    assert one_minus_beta(dist.low) == pytest.approx(deficit, rel=0.1)
+    assert dist.high == pytest.approx(lambda_max * (0.5 / 4) ** 2)  # the light end does not hang on the run's length
+    assert dist.low <= 0.05 <= dist.high  # the configured mu stays in the range
 
 
 _CFG = {"optimizer": "NAGGS"}

@@ -22,7 +22,14 @@ from naggs_lightning.lr.seed import TheorySeed, warmed_up_seed
 from naggs_lightning.lr.warmup import warm_up_curvature
 from naggs_lightning.optim import is_naggs
 
-__all__ = ["NaggsHyperparameters", "hyperparameters_of", "measure_curvature", "measured_seed", "naggs_hyperparameters"]
+__all__ = [
+    "NaggsHyperparameters",
+    "hyperparameters_of",
+    "measure_curvature",
+    "measured_seed",
+    "naggs_hyperparameters",
+    "train_batches",
+]
 
 
 class NaggsHyperparameters(NamedTuple):
@@ -71,7 +78,8 @@ def naggs_hyperparameters(module: LightningModule) -> NaggsHyperparameters | Non
     return None
 
 
-def _train_batches(module: LightningModule, datamodule: LightningDataModule | None) -> Any:
+def train_batches(module: LightningModule, datamodule: LightningDataModule | None) -> Any:
+    """The training loader of ``datamodule`` (set up for fitting), or of ``module`` itself without one."""
     if datamodule is not None:
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -93,7 +101,7 @@ def measure_curvature(
     on a copy of ``module`` over the training batches of ``datamodule`` (or of the module itself),
     reading ``curvature_batches`` batches after ``warmup_steps`` steps (0: at initialisation), trained with
     ``optimizer`` (and, for AdaNAGGS, read in its metric)."""
-    loader = _train_batches(module, datamodule)
+    loader = train_batches(module, datamodule)
     return warm_up_curvature(
         module,
         loader,
@@ -134,7 +142,7 @@ def measured_seed(
     theory's). Warm-up and bracket train with ``optimizer`` (the model's own NAG-GS class); for AdaNAGGS the
     curvature is the preconditioned sharpness in its metric, which the closed forms read unchanged (THEORY.md 2d),
     and the seed is :data:`METRIC_SEED_FRACTION` of the bracket's best."""
-    loader = _train_batches(module, datamodule)
+    loader = train_batches(module, datamodule)
     warmup = warm_up_curvature(
         module,
         loader,

@@ -12,24 +12,12 @@ trials were stopped while still near chance.
 
 from __future__ import annotations
 
-from lightning.pytorch import Trainer
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
 
-__all__ = ["make_pruner", "expected_validations"]
+__all__ = ["make_pruner"]
 
 #: Trials the median pruner lets finish before it judges any (it needs a median to compare with).
 STARTUP_TRIALS = 5
-
-
-def expected_validations(trainer: Trainer) -> int | None:
-    """How many validation runs a trial reports if it trains to its end: ``max_epochs`` over
-    ``check_val_every_n_epoch``, times the runs per epoch of a fractional ``val_check_interval``. ``None`` where the
-    trainer does not fix it: a step limit, or validation every so many batches."""
-    epochs, interval = trainer.max_epochs, trainer.val_check_interval
-    if epochs is None or epochs < 1 or trainer.max_steps not in (-1, None) or not isinstance(interval, float):
-        return None
-    per_epoch = max(1, round(1.0 / interval)) if interval > 0 else 1
-    return max(1, epochs // (trainer.check_val_every_n_epoch or 1)) * per_epoch
 
 
 def make_pruner(pruner: str | BasePruner, validations: int | None) -> BasePruner:

@@ -18,6 +18,10 @@ Where the user left mu and gamma to the defaults, the space follows the theory a
   ``mu`` in ``L [2.5e-5, 0.0156]`` (widened to hold the configured mu). The default range, 1e-4 to 10, put
   most sampled trials at a momentum of 0.999 or at plain gradient descent with step ``1/mu``, where
   networks do not train in a trial's budget.
+* The heaviest momentum also depends on how long a trial runs. Heavy ball's oscillations decay as
+  ``beta^(t/2)``, in about ``2/(1 - beta)`` steps; a run of ``T`` optimizer steps that holds fewer than
+  :data:`ENVELOPE_DECAYS` of those ends while its start still swings. So ``1 - beta >= 2 ENVELOPE_DECAYS / T``
+  where the trainer fixes ``T`` (:func:`~naggs_lightning.tune.run_length.planned_steps`).
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from optuna.distributions import BaseDistribution, FloatDistribution
 
-from naggs_lightning.lr.measure import measured_seed, naggs_hyperparameters
+from naggs_lightning.lr.measure import measured_seed, naggs_hyperparameters, train_batches
 from naggs_lightning.lr.readings import BracketRun
 from naggs_lightning.lr.seed import TheorySeed
 from naggs_lightning.tune import keys
+from naggs_lightning.tune.run_length import planned_steps
 from naggs_lightning.tune.space import DEFAULT_RANGES, RelativeAlpha, SearchSpace
 
 if TYPE_CHECKING:
@@ -79,7 +84,7 @@ def seed_new_study(probe: TrialParts, declared: SearchSpace, reference: dict[str
         device=probe.trainer.strategy.root_device,
         optimizer=hyper.kind,  # AdaNAGGS: warm-up and bracket in its metric, the preconditioned sharpness
     )
-    declared = _theory_ranges(declared, seed, mu, fixed_gamma)
+    declared = _theory_ranges(declared, seed, mu, fixed_gamma, _planned_steps(probe))
     low, high = ratio_range(seed, opts.seed_window)
     relative = RelativeAlpha(
         seed.lambda_max, seed.safety, opts.seed_window, alpha_dist.low, alpha_dist.high, fixed_gamma, low, high
@@ -112,17 +117,40 @@ def _continuous(dist: BaseDistribution | None) -> TypeGuard[FloatDistribution]:
     return isinstance(dist, FloatDistribution) and dist.step is None
 
 
+def _planned_steps(probe: TrialParts) -> int | None:
+    """The optimizer steps a trial of ``probe``'s config takes (``None`` where the trainer does not bound them)."""
+    try:
+        batches = len(train_batches(probe.model, probe.datamodule))
+    except TypeError:  # an iterable dataset: the epochs do not bound the run, only max_steps can
+        batches = None
+    return planned_steps(probe.trainer, batches)
+
+
 #: The momentum deficit 1 - beta at the theory's step that the default mu range spans (see the module docstring).
 MOMENTUM_DEFICIT = (0.02, 0.5)
+#: How many decay times ``2 / (1 - beta)`` of heavy ball's oscillations a trial's run must hold (module docstring).
+ENVELOPE_DECAYS = 5
 
 
-def _theory_ranges(declared: SearchSpace, seed: TheorySeed, mu: float, fixed_gamma: bool) -> SearchSpace:
-    """The space with mu (and gamma) left to their defaults replaced by the theory's (module docstring)."""
+def momentum_deficits(steps: int | None) -> tuple[float, float]:
+    """The range of ``1 - beta`` the default mu range spans, for trials of ``steps`` optimizer steps (``None``:
+    unbounded): :data:`MOMENTUM_DEFICIT`, its lower end raised to ``2 ENVELOPE_DECAYS / steps``."""
+    low, high = MOMENTUM_DEFICIT
+    if steps:
+        low = min(max(low, 2.0 * ENVELOPE_DECAYS / steps), high)
+    return low, high
+
+
+def _theory_ranges(
+    declared: SearchSpace, seed: TheorySeed, mu: float, fixed_gamma: bool, steps: int | None
+) -> SearchSpace:
+    """The space with mu (and gamma) left to their defaults replaced by the theory's for trials of ``steps``
+    optimizer steps (module docstring)."""
     default_mu = DEFAULT_RANGES["mu"]
     if declared.distributions.get(declared.mu) is default_mu and mu > 0:
         low, high = default_mu.low, default_mu.high
         if seed.lambda_max > 2.0 * mu:
-            low, high = (seed.lambda_max * (d / 4.0) ** 2 for d in MOMENTUM_DEFICIT)
+            low, high = (seed.lambda_max * (d / 4.0) ** 2 for d in momentum_deficits(steps))
         dist = FloatDistribution(min(low, mu), max(high, mu), log=True)
         declared = replace(declared, distributions={**declared.distributions, declared.mu: dist})
     if declared.distributions.get(declared.gamma) is DEFAULT_RANGES["gamma"] and not fixed_gamma:

@@ -56,8 +56,9 @@ from naggs_lightning.tune.objective import (
 )
 from naggs_lightning.tune.opening import config_fingerprint, open_study
 from naggs_lightning.tune.options import TuneOptions, default_output_dir, default_study_name
-from naggs_lightning.tune.pruning import expected_validations, make_pruner
+from naggs_lightning.tune.pruning import make_pruner
 from naggs_lightning.tune.report import Reporter, results_table, write_best, write_plots
+from naggs_lightning.tune.run_length import expected_validations
 from naggs_lightning.tune.seeding import seed_new_study
 from naggs_lightning.tune.space import DEFAULT_RANGES, SearchSpace
 from naggs_lightning.tune.storage import open_storage, redact
