@@ -266,7 +266,9 @@ def _naggs_study(model: Model, sampler_seed: int, budget: int, optimizer: str) -
         # The trial's config as naggs-tune built it (alpha itself in place of its ratio), from another seed.
         config = with_params(_config(model, optimizer), {**space.values(trial), **space.fixed})
         config["seed_everything"] = seed
-        config["trainer"].update(enable_progress_bar=False, enable_model_summary=False, logger=False)
+        config["trainer"].update(
+            enable_progress_bar=False, enable_model_summary=False, logger=False, enable_checkpointing=False
+        )
         cli = build_cli(config, run=False, save_config_callback=None)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         return _score(cli.trainer)
