@@ -14,7 +14,10 @@ Parts (``--parts``):
 * ``tune``: best validation accuracy after k trials (median over sampler seeds) of ``naggs-tune``
   (``naggs_lightning.tune.run``, its default space and seeding) against an Optuna TPE study over AdamW's lr and
   weight decay, written as a user would (``trial.suggest_float``), and the fraction of naggs-tune's trials after
-  the seeded ones that end within 0.02 of chance.
+  the seeded ones that end within 0.02 of chance. With ``--refit-seeds N``, also the model a user keeps: each
+  study's best completed trial after 8 and after 20 trials, retrained from N fresh seeds (the studies train from
+  seed 0), median over them. A study's best after k is the maximum of k single-seed draws, and rewards the study
+  with more completed draws; the kept model does not.
 
 Runs: ``python benchmarks/panel.py --parts defaults lr_find`` (about 10 minutes on the 2-core machine),
 ``python benchmarks/panel.py --parts tune --budget 20`` (longer: ``--jobs 2``). ``--models`` picks models;
