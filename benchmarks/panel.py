@@ -15,7 +15,7 @@ Parts (``--parts``):
   (``naggs_lightning.tune.run``, its default space and seeding) against an Optuna TPE study over AdamW's lr and
   weight decay, written as a user would (``trial.suggest_float``), and the fraction of naggs-tune's trials after
   the seeded ones that end within 0.02 of chance. With ``--refit-seeds N``, also the model a user keeps: each
-  study's best completed trial after 8 and after 20 trials, retrained from N fresh seeds (the studies train from
+  study's best completed trial after 1, 8 and 20 trials, retrained from N fresh seeds (the studies train from
   seed 0), median over them. A study's best after k is the maximum of k single-seed draws, and rewards the study
   with more completed draws; the kept model does not.
 
@@ -242,7 +242,7 @@ def _config(model: Model, optimizer: str) -> dict[str, Any]:
 
 
 #: Trials after which a study's chosen configuration is retrained on fresh seeds (``--refit-seeds``).
-REFIT_KS = (8, 20)
+REFIT_KS = (1, 8, 20)
 
 #: Retrains a study's trial from a training seed: its final val_acc.
 Refit = Callable[[Any, int], float]
@@ -431,7 +431,7 @@ def main() -> None:
         "--refit-seeds",
         type=int,
         default=0,
-        help="retrain each study's best completed trial after 8 and 20 trials from this many fresh seeds (tune)",
+        help="retrain each study's best completed trial after 1, 8 and 20 trials from this many fresh seeds (tune)",
     )
     parser.add_argument("--out", type=Path, help="save the medians as JSON")
     args = parser.parse_args()
