@@ -11,6 +11,8 @@ Parts (``--parts``):
 * ``ada_defaults``: AdaNAGGS at the (lr, mu = gamma) pairs its defaults were chosen among (``ADANAGGS_PAIRS``).
 * ``lr_find``: Lightning's ``Tuner.lr_find`` (its defaults, 100 steps) for SGD-Nesterov, AdamW and NAGGS, each then
   trained at the suggestion; NAGGS also at ``naggs_lightning.suggest_lr``'s lr; the seconds each tool took.
+* ``seeded``: naggs-tune's seeded trials (sampler seed 0), each retrained from every one of ``--seeds``: which
+  seeded configuration trains the better model in expectation, not on one seed.
 * ``tune``: best validation accuracy after k trials (median over sampler seeds) of ``naggs-tune``
   (``naggs_lightning.tune.run``, its default space and seeding) against an Optuna TPE study over AdamW's lr and
   weight decay, written as a user would (``trial.suggest_float``), and the fraction of naggs-tune's trials after
@@ -232,8 +234,11 @@ KS = (1, 3, 5, 8, 10, 20)
 
 
 def _config(model: Model, optimizer: str) -> dict[str, Any]:
-    """The LightningCLI config naggs-tune trials: the panel model and data, ``optimizer`` at its defaults."""
+    """The LightningCLI config naggs-tune trials: the panel model and data, ``optimizer`` at its defaults, from seed 0
+    (as ``train`` seeds; LightningCLI's default seed is whatever an earlier ``seed_everything`` in the process
+    left)."""
     return {
+        "seed_everything": 0,
         "model": {"class_path": f"panel_models.{model.module}"},
         "data": {"class_path": f"panel_models.{model.data}"},
         "optimizer": {"class_path": f"naggs_lightning.{optimizer}"},
@@ -389,6 +394,33 @@ def part_tune(
     return out
 
 
+def _seeded_retrained(model_name: str, optimizer: str, seeds: list[int]) -> tuple[str, list[tuple[float, list[float]]]]:
+    """naggs-tune's seeded trials on ``model_name`` (sampler seed 0), each retrained from ``seeds``: for each, its
+    alpha/seed ratio and its val_acc from each seed."""
+    from naggs_lightning.tune import keys
+    from naggs_lightning.tune.options import TuneOptions
+
+    torch.set_num_threads(1)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    model = {**PANEL, **HELD_OUT}[model_name]
+    study, refit = _naggs_study(model, 0, TuneOptions().seed_trials, optimizer)
+    return model_name, [(t.params[keys.ALPHA_RATIO], [refit(t, seed) for seed in seeds]) for t in study.trials]
+
+
+def part_seeded(models: list[Model], seeds: list[int], jobs: int, optimizer: str) -> dict[str, Any]:
+    """Each seeded trial's configuration retrained from every seed: which one is the better model, not the luckier."""
+    out: dict[str, Any] = {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        names = [m.name for m in models]
+        for name, trials in pool.map(_seeded_retrained, names, [optimizer] * len(names), [seeds] * len(names)):
+            out[name] = [{"ratio": ratio, "scores": scores} for ratio, scores in trials]
+            cells = "  ".join(f"{ratio:g}x: {statistics.median(scores):.3f}" for ratio, scores in trials)
+            print(f"  {name:<12} {cells}", flush=True)
+    return out
+
+
 def _print_refits(
     models: list[Model],
     kinds: tuple[str, ...],
@@ -417,7 +449,10 @@ def _print_refits(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--parts", nargs="+", default=["defaults", "lr_find"], choices=["defaults", "ada_defaults", "lr_find", "tune"]
+        "--parts",
+        nargs="+",
+        default=["defaults", "lr_find"],
+        choices=["defaults", "ada_defaults", "lr_find", "tune", "seeded"],
     )
     parser.add_argument("--models", nargs="+", default=list(PANEL), choices=[*PANEL, *HELD_OUT])
     parser.add_argument("--held-out", action="store_true", help="add the held-out GRU")
@@ -463,6 +498,9 @@ def main() -> None:
             baseline=not args.no_baseline,
             refit_seeds=list(range(1, args.refit_seeds + 1)),  # the studies train from seed 0
         )
+    if "seeded" in args.parts:
+        print(f"== naggs-tune's seeded trials (alpha / theory's step), retrained from seeds {seeds}: median val_acc")
+        results["seeded"] = part_seeded(models, seeds, args.jobs, args.tune_optimizer)
     print(f"({time.perf_counter() - start:.0f} s)")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))

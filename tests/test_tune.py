@@ -350,18 +350,10 @@ def test_fixed_gamma_is_seeded_at_the_papers_alpha_c_for_its_own_gamma():
     assert expected != pytest.approx(0.9 * theory.alpha_opt(0.05, lam), rel=0.05)
 
 
-def test_the_fourth_seeded_trial_tries_ten_times_mu_at_the_first_trials_step():
-    from naggs_lightning.tune.seeding import LIGHT_MOMENTUM_MU, light_momentum
-
-    point, searched = {"alpha/seed": 2.0, "mu": 0.03}, FloatDistribution(1e-3, 1.0, log=True)
-    assert light_momentum(point, "mu", searched) == {"alpha/seed": 2.0, "mu": pytest.approx(0.3)}
-    assert light_momentum(point, "mu", FloatDistribution(1e-3, 0.1, log=True))["mu"] == 0.1  # cut to mu's range
-    assert light_momentum({**point, "mu": 0.1}, "mu", FloatDistribution(1e-3, 0.1)) is None  # at its top already
-    assert light_momentum(point, "mu", None) is None  # mu pinned
-    assert light_momentum(point, "mu", FloatDistribution(0.01, 1.0, step=0.01)) is None  # not a continuous range
-
-    # In a real study with mu searched: trial 3 is trial 0's ratio at LIGHT_MOMENTUM_MU times its mu, seeded;
-    # its alpha is the theory's step for that mu, larger than trial 0's (alpha* grows with mu).
+def test_with_mu_searched_the_seeded_trials_bracket_the_step_at_the_configured_mu():
+    """The seeded trials vary the step only: retrained from six seeds on the panel of user models, the theory's step
+    at the configured mu was the best seeded trial on all five models, and the first trial's step at ten times mu (a
+    lighter momentum, which the BN-ResNet's seed-0 run had favoured) the worst or next to it."""
     study = run(
         model=lambda p: TinyClassifier(**p),
         datamodule=TinyData(),
@@ -375,14 +367,10 @@ def test_the_fourth_seeded_trial_tries_ten_times_mu_at_the_first_trials_step():
         sampler_seed=0,
         verbose=False,
     )
-    first, light, sampled = study.trials[0], study.trials[3], study.trials[4]
-    assert light.user_attrs[keys.SEEDED] and not sampled.user_attrs.get(keys.SEEDED)
-    assert light.params[keys.ALPHA_RATIO] == first.params[keys.ALPHA_RATIO]
-    assert light.params["mu"] == pytest.approx(min(LIGHT_MOMENTUM_MU * first.params["mu"], 1.0))
-    assert light.user_attrs[keys.ALPHA] > first.user_attrs[keys.ALPHA]
-    # the other seeded trials bracket the step at the first trial's mu
-    assert [t.params[keys.ALPHA_RATIO] for t in study.trials[:3]] == [1.0, 0.5, 2.0]
-    assert {t.params["mu"] for t in study.trials[:3]} == {first.params["mu"]}
+    seeded, sampled = study.trials[:4], study.trials[4]
+    assert all(t.user_attrs[keys.SEEDED] for t in seeded) and not sampled.user_attrs.get(keys.SEEDED)
+    assert [t.params[keys.ALPHA_RATIO] for t in seeded] == [1.0, 0.5, 2.0, 0.25]
+    assert len({t.params["mu"] for t in seeded}) == 1  # the reference point's mu, for every seeded trial
 
 
 @pytest.mark.slow

@@ -94,8 +94,8 @@ class TuneOptions:
     )
     seed_trials: int = _option(
         4,
-        "seeded trials to enqueue around the best step the bracket found (b): b, b/2, 2b, then b at 10x mu (less "
-        "momentum; NAGGS with mu searched), b/4, 4b, ...; AdaNAGGS: b/2, b, b/4, 2b, ...",
+        "seeded trials to enqueue around the best step the bracket found (b), at the configured mu: b, b/2, 2b, b/4, "
+        "4b, ...; AdaNAGGS: b/2, b, b/4, 2b, ...",
     )
     warmup_steps: int = _option(
         WARMUP_STEPS,

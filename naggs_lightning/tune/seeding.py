@@ -4,9 +4,8 @@ The curvature is measured once per study (:func:`~naggs_lightning.lr.measure.mea
 short warm-up on a copy of the model, then short runs at 1, 2 and 4 times the theory's step), at the mu
 the configured (or the model's own) NAGGS uses. The first ``seed_trials`` trials bracket the best step
 the short runs found, ``b``: ``b``, ``b/2``, ``2b``, ``b/4``, ... (a multiple where a short run collapsed or
-diverged is skipped). Where NAGGS's mu is searched, the fourth of them tries less momentum instead: the first
-trial's step at ten times its mu (:func:`light_momentum`). Every later trial searches alpha as a multiple of the
-theory's step for its own mu (:class:`~naggs_lightning.tune.space.RelativeAlpha`).
+diverged is skipped), all at the configured mu. Every later trial searches alpha as a multiple of the theory's
+step for its own mu (:class:`~naggs_lightning.tune.space.RelativeAlpha`).
 
 Where the user left mu and gamma to the defaults, the space follows the theory and the curvature met:
 
@@ -95,14 +94,6 @@ def seed_new_study(probe: TrialParts, declared: SearchSpace, reference: dict[str
     base = declared.encode(base)
     ratios = seeded_ratios(seed, opts.seed_trials, (low, high))
     enqueued = [{**base, keys.ALPHA_RATIO: ratio} for ratio in ratios]
-    # In a metric a smaller step did better than a lighter momentum (see light_momentum).
-    light = (
-        None
-        if hyper.kind.preconditioned
-        else light_momentum(enqueued[0], declared.mu, declared.distributions.get(declared.mu))
-    )
-    if light is not None and opts.seed_trials > LIGHT_MOMENTUM_AT:
-        enqueued = [*enqueued[:LIGHT_MOMENTUM_AT], light, *enqueued[LIGHT_MOMENTUM_AT:]][: opts.seed_trials]
     first = relative.alpha(ratios[0], mu, gamma)
     note = (
         "new study"
@@ -156,31 +147,6 @@ def _theory_ranges(
     if declared.distributions.get(declared.gamma) is DEFAULT_RANGES["gamma"] and not fixed_gamma:
         declared = declared.pinned(declared.gamma, seed.gamma)
     return declared
-
-
-#: The seeded trial that tries less momentum: at the first trial's step, with mu this many times larger (cut to
-#: its range), enqueued after the bracket's first three steps (module docstring).
-LIGHT_MOMENTUM_MU = 10.0
-LIGHT_MOMENTUM_AT = 3
-
-
-def light_momentum(point: dict[str, Any], name: str, dist: BaseDistribution | None) -> dict[str, Any] | None:
-    """``point`` with mu (``name``) :data:`LIGHT_MOMENTUM_MU` times larger within ``dist``; ``None`` where mu is not
-    searched over a continuous range or already at its top.
-
-    At the theory's step the momentum deficit is ``1 - beta ~ 4 sqrt(mu/L)``, so a tenfold mu about triples it at a
-    similar effective step ``~4/L`` (on the panel's design models, beta 0.86-0.90 becomes 0.61-0.72). The bracket's
-    short runs all run at the configured mu and cannot see this direction. Measured on the panel of user models
-    (``benchmarks/panel.py --parts tune``, 6 sampler seeds): the BN-ResNet's best trials sit at mu 0.13-0.34 against
-    the default 0.03, and this trial is its best seeded one (0.980 against 0.960 at the default mu).
-
-    Not for AdaNAGGS, whose seeded trials are b/2, b, b/4 and 2b (:func:`seeded_ratios`): where mu had room above
-    its configured value, the light trial was never the best seeded one (panel BN-ResNet 0.940, MLP 0.890,
-    CNN 0.970; deep digits CNN 0.963, sort transformer 0.818), and the b/4 trial scores 0.974 on the BN-ResNet."""
-    if name not in point or not _continuous(dist):
-        return None
-    mu = min(float(point[name]) * LIGHT_MOMENTUM_MU, dist.high)
-    return {**point, name: mu} if mu > point[name] else None
 
 
 def ratio_range(seed: TheorySeed, window: float) -> tuple[float, float]:
