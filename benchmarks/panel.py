@@ -406,7 +406,8 @@ def _seeded_retrained(model_name: str, optimizer: str, seeds: list[int]) -> tupl
     warnings.filterwarnings("ignore")
     model = {**PANEL, **HELD_OUT}[model_name]
     study, refit = _naggs_study(model, 0, TuneOptions().seed_trials, optimizer)
-    return model_name, [(t.params[keys.ALPHA_RATIO], [refit(t, seed) for seed in seeds]) for t in study.trials]
+    seeded = [t for t in study.trials if t.user_attrs.get(keys.SEEDED)]  # fewer where the ladder leaves the range
+    return model_name, [(t.params[keys.ALPHA_RATIO], [refit(t, seed) for seed in seeds]) for t in seeded]
 
 
 def part_seeded(models: list[Model], seeds: list[int], jobs: int, optimizer: str) -> dict[str, Any]:
