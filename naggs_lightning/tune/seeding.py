@@ -28,9 +28,9 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
-from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.distributions import FloatDistribution
 
 from naggs_lightning.lr.measure import measured_seed, naggs_hyperparameters, train_batches
 from naggs_lightning.lr.readings import BracketRun
@@ -60,7 +60,7 @@ def seed_new_study(probe: TrialParts, declared: SearchSpace, reference: dict[str
     alpha_dist = declared.distributions.get(declared.alpha)
     if alpha_dist is None:
         return None, declared, [], f"unseeded: alpha ({declared.alpha}) is pinned"
-    if not _continuous(alpha_dist):
+    if not isinstance(alpha_dist, FloatDistribution) or alpha_dist.step is not None:
         return None, declared, [], f"unseeded: alpha ({declared.alpha}) is not searched over a continuous range"
     hyper = naggs_hyperparameters(probe.model)
     if hyper is None:
@@ -101,11 +101,6 @@ def seed_new_study(probe: TrialParts, declared: SearchSpace, reference: dict[str
         else f"new study; the seed lies outside the alpha range: trial 0 uses {first:.4g}"
     )
     return seed, declared.seeded(relative), enqueued, note
-
-
-def _continuous(dist: BaseDistribution | None) -> TypeGuard[FloatDistribution]:
-    """Whether ``dist`` is a continuous float range (no step): what the seed can place a value in."""
-    return isinstance(dist, FloatDistribution) and dist.step is None
 
 
 def _planned_steps(probe: TrialParts) -> int | None:
