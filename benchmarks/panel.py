@@ -142,6 +142,15 @@ def naggs_suggest_lr(model: Model) -> tuple[float, float, str]:
     return seed.alpha, time.perf_counter() - start, seed.describe()
 
 
+def _quiet_process() -> None:
+    """One CPU thread and no Lightning chatter: the settings every run of the panel trains under, in the main
+    process and in each worker."""
+    torch.set_num_threads(1)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
@@ -336,10 +345,7 @@ def _refits(study: Any, refit: Refit, seeds: list[int]) -> dict[int, list[float]
 def _study(
     kind: str, model_name: str, sampler_seed: int, budget: int, optimizer: str, refit_seeds: list[int]
 ) -> tuple[str, str, int, list, dict[int, list[float]], float]:
-    torch.set_num_threads(1)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    _quiet_process()
     model = {**PANEL, **HELD_OUT}[model_name]
     start = time.perf_counter()
     study, refit = (_naggs_study if kind == "naggs-tune" else _adamw_tpe_study)(model, sampler_seed, budget, optimizer)
@@ -400,10 +406,7 @@ def _seeded_retrained(model_name: str, optimizer: str, seeds: list[int]) -> tupl
     from naggs_lightning.tune import keys
     from naggs_lightning.tune.options import TuneOptions
 
-    torch.set_num_threads(1)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    _quiet_process()
     model = {**PANEL, **HELD_OUT}[model_name]
     study, refit = _naggs_study(model, 0, TuneOptions().seed_trials, optimizer)
     seeded = [t for t in study.trials if t.user_attrs.get(keys.SEEDED)]  # fewer where the ladder leaves the range
@@ -471,10 +474,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="save the medians as JSON")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    _quiet_process()
     models = [{**PANEL, **HELD_OUT}[m] for m in args.models] + (list(HELD_OUT.values()) if args.held_out else [])
     seeds = list(range(args.seeds))
     results: dict[str, Any] = {}
