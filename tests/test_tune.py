@@ -176,7 +176,7 @@ def test_the_mu_range_keeps_a_momentum_whose_swings_die_out_within_the_run(steps
         return 1.0 - theory.heavy_ball_equivalent(theory.alpha_opt(mu, lambda_max), mu, mu)[1]
 
     assert one_minus_beta(dist.low) == pytest.approx(deficit, rel=0.1)
-    assert dist.high == pytest.approx(lambda_max * (0.5 / 4) ** 2)  # the light end does not hang on the run's length
+    assert dist.high == pytest.approx(lambda_max * (0.5 / 4) ** 2)  # lightest momentum: not set by run length
     assert dist.low <= 0.05 <= dist.high  # the configured mu stays in the range
 
 
