@@ -428,6 +428,40 @@ def test_study_end_to_end_on_sqlite(tmp_path):
     assert study.user_attrs[keys.STUDY_SEED] == attrs
 
 
+class AlwaysPrune(optuna.pruners.BasePruner):
+    """Asks every trial to stop at every report it is asked about."""
+
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("limits", "reports", "pruned"),
+    [
+        ({"max_epochs": 3}, 1, True),  # stopped at its first validation, two epochs early
+        ({"max_epochs": 1}, 1, False),  # its one validation ends the run: nothing to save, its value counts
+        ({"max_epochs": -1, "max_steps": 16}, 1, True),
+        ({"max_epochs": -1, "max_steps": 8}, 1, False),  # the step limit ends the run at the first epoch's end
+    ],
+)
+def test_the_pruner_is_not_asked_at_the_validation_that_ends_the_run(limits, reports, pruned):
+    study = run(
+        model=lambda p: TinyClassifier(**p),
+        datamodule=TinyData(),  # 8 training batches an epoch
+        trainer_kwargs={"accelerator": "cpu", "devices": 1, **limits},
+        space={"lr": 0.1, "mu": 1.0, "gamma": 1.0},
+        storage=None,
+        n_trials=1,
+        pruner=AlwaysPrune(),
+        verbose=False,
+    )
+    (trial,) = study.trials
+    assert len(trial.intermediate_values) == reports
+    assert trial.state == (TrialState.PRUNED if pruned else TrialState.COMPLETE)
+    if not pruned:
+        assert trial.value == trial.intermediate_values[reports - 1]
+
+
 @pytest.mark.slow
 def test_diverging_and_monitor_stopped_trials_are_pruned_with_reason():
     # Least squares with Hessian spectrum in [0.1, 10] (known): the stability edge is known too.
