@@ -152,9 +152,22 @@ def test_the_default_mu_range_is_widened_to_hold_the_configured_mu():
     space = SearchSpace.parse({}, config={"optimizer": {"class_path": "naggs_lightning.AdaNAGGS"}})
     theory_low = 1000.0 * (MOMENTUM_DEFICIT[0] / 4) ** 2
     for lambda_max, expected in ((1000.0, (theory_low, 26.0)), (40.0, (1e-4, 26.0))):  # L > 2 mu, then L <= 2 mu
-        searched = _theory_ranges(space, theory_seed(lambda_max, 26.0, 26.0), 26.0, False, None)
+        searched = _theory_ranges(space, theory_seed(lambda_max, 26.0, 26.0), 26.0, False, lambda: None)
         dist = searched.distributions["optimizer.init_args.mu"]
         assert dist.log and (dist.low, dist.high) == pytest.approx(expected)
+
+
+def test_a_configured_mu_range_does_not_count_the_run_s_steps():
+    """Counting the steps sets the datamodule up again: only a default mu range, which the count bounds, asks."""
+    from naggs_lightning.lr.seed import theory_seed
+    from naggs_lightning.tune.seeding import _theory_ranges
+
+    def never() -> int:
+        raise AssertionError("the steps were counted for a mu range the user gave")
+
+    space = SearchSpace.parse({"mu": "1e-3..1:log"}, config={"optimizer": {"class_path": "naggs_lightning.NAGGS"}})
+    searched = _theory_ranges(space, theory_seed(30.0, 0.05, 0.05), 0.05, False, never)
+    assert searched.distributions["optimizer.init_args.mu"] == FloatDistribution(1e-3, 1.0, log=True)
 
 
 @pytest.mark.parametrize(("steps", "deficit"), [(None, 0.02), (10_000, 0.02), (180, 10 / 180), (100, 0.1)])
@@ -169,7 +182,7 @@ def test_the_mu_range_keeps_a_momentum_whose_swings_die_out_within_the_run(steps
 
     lambda_max = 30.0
     space = SearchSpace.parse({}, config={"optimizer": {"class_path": "naggs_lightning.NAGGS"}})
-    searched = _theory_ranges(space, theory_seed(lambda_max, 0.05, 0.05), 0.05, False, steps)
+    searched = _theory_ranges(space, theory_seed(lambda_max, 0.05, 0.05), 0.05, False, lambda: steps)
     dist = searched.distributions["optimizer.init_args.mu"]
 
     def one_minus_beta(mu: float) -> float:

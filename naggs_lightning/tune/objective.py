@@ -380,7 +380,6 @@ class TrialCallback(Callback):
             pruner = type(self.trial.study.pruner).__name__
             self._stop(trainer, f"pruned by {pruner} at validation {step}: {self.monitor} = {value:.6g}")
 
-
     def _ends_run(self, trainer: Trainer, step: int) -> bool:
         """Whether validation ``step`` is the run's last: its step limit is reached, or its planned validations."""
         if trainer.max_steps not in (-1, None) and trainer.global_step >= trainer.max_steps:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +84,7 @@ def seed_new_study(probe: TrialParts, declared: SearchSpace, reference: dict[str
         device=probe.trainer.strategy.root_device,
         optimizer=hyper.kind,  # AdaNAGGS: warm-up and bracket in its metric, the preconditioned sharpness
     )
-    declared = _theory_ranges(declared, seed, mu, fixed_gamma, _planned_steps(probe))
+    declared = _theory_ranges(declared, seed, mu, fixed_gamma, lambda: _planned_steps(probe))
     low, high = ratio_range(seed, opts.seed_window)
     relative = RelativeAlpha(
         seed.lambda_max, seed.safety, opts.seed_window, alpha_dist.low, alpha_dist.high, fixed_gamma, low, high
@@ -128,15 +129,16 @@ def momentum_deficits(steps: int | None) -> tuple[float, float]:
 
 
 def _theory_ranges(
-    declared: SearchSpace, seed: TheorySeed, mu: float, fixed_gamma: bool, steps: int | None
+    declared: SearchSpace, seed: TheorySeed, mu: float, fixed_gamma: bool, steps: Callable[[], int | None]
 ) -> SearchSpace:
-    """The space with mu (and gamma) left to their defaults replaced by the theory's for trials of ``steps``
-    optimizer steps (module docstring)."""
+    """The space with mu (and gamma) left to their defaults replaced by the theory's for trials of ``steps()``
+    optimizer steps (module docstring). ``steps`` is called only where mu's range is the default's: counting
+    them sets the datamodule up again."""
     default_mu = DEFAULT_RANGES["mu"]
     if declared.distributions.get(declared.mu) is default_mu and mu > 0:
         low, high = default_mu.low, default_mu.high
         if seed.lambda_max > 2.0 * mu:
-            low, high = (seed.lambda_max * (d / 4.0) ** 2 for d in momentum_deficits(steps))
+            low, high = (seed.lambda_max * (d / 4.0) ** 2 for d in momentum_deficits(steps()))
         dist = FloatDistribution(min(low, mu), max(high, mu), log=True)
         declared = replace(declared, distributions={**declared.distributions, declared.mu: dist})
     if declared.distributions.get(declared.gamma) is DEFAULT_RANGES["gamma"] and not fixed_gamma:
