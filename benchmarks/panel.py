@@ -242,12 +242,12 @@ def part_lr_find(models: list[Model], seeds: list[int]) -> dict[str, dict[str, f
 KS = (1, 3, 5, 8, 10, 20)
 
 
-def _config(model: Model, optimizer: str) -> dict[str, Any]:
-    """The LightningCLI config naggs-tune trials: the panel model and data, ``optimizer`` at its defaults, from seed 0
-    (as ``train`` seeds; LightningCLI's default seed is whatever an earlier ``seed_everything`` in the process
-    left)."""
+def _config(model: Model, optimizer: str, seed: int = 0) -> dict[str, Any]:
+    """The LightningCLI config naggs-tune trials: the panel model and data, ``optimizer`` at its defaults, from
+    ``seed`` (as ``train`` seeds; LightningCLI's default seed is whatever an earlier ``seed_everything`` in the
+    process left)."""
     return {
-        "seed_everything": 0,
+        "seed_everything": seed,
         "model": {"class_path": f"panel_models.{model.module}"},
         "data": {"class_path": f"panel_models.{model.data}"},
         "optimizer": {"class_path": f"naggs_lightning.{optimizer}"},
@@ -262,15 +262,18 @@ REFIT_KS = (1, 8, 20)
 Refit = Callable[[Any, int], float]
 
 
-def _naggs_study(model: Model, sampler_seed: int, budget: int, optimizer: str) -> tuple[Any, Refit]:
-    """naggs-tune's study of ``optimizer`` at its defaults, and how to retrain one of its trials."""
+def _naggs_study(
+    model: Model, sampler_seed: int, budget: int, optimizer: str, train_seed: int = 0
+) -> tuple[Any, Refit]:
+    """naggs-tune's study of ``optimizer`` at its defaults, its trials trained from ``train_seed``, and how to
+    retrain one of its trials."""
     from naggs_lightning.lightning_cli import build_cli
     from naggs_lightning.tune import keys, run
     from naggs_lightning.tune.config import with_params
     from naggs_lightning.tune.space import SearchSpace
 
     study = run(
-        _config(model, optimizer),
+        _config(model, optimizer, train_seed),
         n_trials=budget,
         storage=None,
         sampler_seed=sampler_seed,
@@ -293,8 +296,11 @@ def _naggs_study(model: Model, sampler_seed: int, budget: int, optimizer: str) -
     return study, refit
 
 
-def _adamw_tpe_study(model: Model, sampler_seed: int, budget: int, optimizer: str) -> tuple[Any, Refit]:
-    """What a user writes without this package: TPE over AdamW's lr and weight decay, no pruning."""
+def _adamw_tpe_study(
+    model: Model, sampler_seed: int, budget: int, optimizer: str, train_seed: int = 0
+) -> tuple[Any, Refit]:
+    """What a user writes without this package: TPE over AdamW's lr and weight decay, no pruning, its trials trained
+    from ``train_seed``."""
     import optuna
 
     def fit(params: dict[str, float], seed: int) -> float:
@@ -304,7 +310,7 @@ def _adamw_tpe_study(model: Model, sampler_seed: int, budget: int, optimizer: st
     def objective(trial: optuna.Trial) -> float:
         trial.suggest_float("lr", 1e-5, 1e-1, log=True)
         trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
-        return fit(trial.params, 0)
+        return fit(trial.params, train_seed)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=sampler_seed))
@@ -343,12 +349,15 @@ def _refits(study: Any, refit: Refit, seeds: list[int]) -> dict[int, list[float]
 
 
 def _study(
-    kind: str, model_name: str, sampler_seed: int, budget: int, optimizer: str, refit_seeds: list[int]
+    kind: str, model_name: str, seeds: tuple[int, int], budget: int, optimizer: str, refit_seeds: list[int]
 ) -> tuple[str, str, int, list, dict[int, list[float]], float]:
+    """One study from ``seeds`` (its sampler's, its trials' training seed): the trials' scores, the refits, seconds."""
     _quiet_process()
     model = {**PANEL, **HELD_OUT}[model_name]
     start = time.perf_counter()
-    study, refit = (_naggs_study if kind == "naggs-tune" else _adamw_tpe_study)(model, sampler_seed, budget, optimizer)
+    sampler_seed, train_seed = seeds
+    make = _naggs_study if kind == "naggs-tune" else _adamw_tpe_study
+    study, refit = make(model, sampler_seed, budget, optimizer, train_seed)
     took = time.perf_counter() - start
     return kind, model_name, sampler_seed, _trial_scores(study), _refits(study, refit, refit_seeds), took
 
@@ -365,9 +374,15 @@ def part_tune(
     optimizer: str,
     baseline: bool,
     refit_seeds: list[int],
+    vary_training_seed: bool = False,
 ) -> dict[str, Any]:
+    """Each model's studies from each sampler seed, their trials trained from seed 0, or from the sampler seed with
+    ``vary_training_seed`` (the median over studies is then over training seeds too, as the other parts' rows are)."""
     kinds = ("naggs-tune", "AdamW+TPE") if baseline else ("naggs-tune",)
-    jobs_list = [(kind, m.name, s, budget, optimizer, refit_seeds) for m in models for kind in kinds for s in seeds]
+    study_seeds = [(s, s if vary_training_seed else 0) for s in seeds]
+    jobs_list = [
+        (kind, m.name, ss, budget, optimizer, refit_seeds) for m in models for kind in kinds for ss in study_seeds
+    ]
     done: dict[tuple[str, str], list[list[tuple[float, bool]]]] = {}
     refits: dict[tuple[str, str], list[dict[int, list[float]]]] = {}
     seconds: dict[tuple[str, str], float] = {}
@@ -472,6 +487,11 @@ def main() -> None:
         default=0,
         help="retrain each study's best completed trial after 1, 8 and 20 trials from this many fresh seeds (tune)",
     )
+    parser.add_argument(
+        "--vary-training-seed",
+        action="store_true",
+        help="train each study's trials from its sampler seed, not all from seed 0 (tune)",
+    )
     parser.add_argument("--out", type=Path, help="save the medians as JSON")
     args = parser.parse_args()
     _quiet_process()
@@ -490,6 +510,7 @@ def main() -> None:
         results["lr_find"] = part_lr_find(models, seeds)
     if "tune" in args.parts:
         print(f"== tuned: best val_acc after k trials, median of {args.seeds} sampler seeds")
+        fresh = 1 + (max(seeds) if args.vary_training_seed else 0)  # past every seed the studies train from
         results["tune"] = part_tune(
             models,
             seeds,
@@ -497,7 +518,8 @@ def main() -> None:
             args.jobs,
             args.tune_optimizer,
             baseline=not args.no_baseline,
-            refit_seeds=list(range(1, args.refit_seeds + 1)),  # the studies train from seed 0
+            refit_seeds=list(range(fresh, fresh + args.refit_seeds)),
+            vary_training_seed=args.vary_training_seed,
         )
     if "seeded" in args.parts:
         print(f"== naggs-tune's seeded trials (alpha / theory's step), retrained from seeds {seeds}: median val_acc")
