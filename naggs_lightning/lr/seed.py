@@ -99,7 +99,7 @@ class TheorySeed:
             line = f"{line}; {self.bracket.describe()}: lr = {self.alpha:.4g}"
             if not math.isclose(self.alpha, self.bracket.best.alpha):
                 share = self.alpha / self.bracket.best.alpha
-                line = f"{line} ({share:.3g} x the best: a metric still forming meets a higher sharpness later)"
+                line = f"{line} ({share:.3g} x the best: a short run favours a larger step than the full run keeps)"
         return line
 
     @property
