@@ -52,11 +52,17 @@ def test_the_best_run_is_the_lowest_score_and_the_climb_stops_at_the_first_failu
     assert Bracket.from_attrs(found.to_attrs()) == found
 
 
-def test_suggest_lr_returns_the_bracket_best_and_keeps_the_theory_step():
+def test_suggest_lr_returns_half_the_bracket_best_never_below_the_theory_step():
     model, _ = _quadratic()
     data = QuadraticDataModule(dim=DIM, mu=MU, L=L, n_samples=200, batch_size=200, noise=0.0)
+    # At a tenth of alpha* each doubling converges clearly faster: the bracket climbs to 4x, the seed is 2x.
+    low = suggest_lr(model, data, curvature_batches=1, safety=0.1)
+    assert low.bracket is not None and low.bracket.best.factor == 4.0
+    assert low.alpha == pytest.approx(0.5 * low.bracket.best.alpha) and "0.5 x the best" in low.describe()
+    # At 0.9 alpha* the bracket keeps the theory's step (2x is past the edge), and so does the seed.
     seed = suggest_lr(model, data, curvature_batches=1)
-    assert seed.bracket is not None and seed.alpha == seed.bracket.best.alpha
+    assert seed.bracket is not None and seed.bracket.best.factor == 1.0
+    assert seed.alpha == seed.bracket.best.alpha == seed.bracket.runs[0].alpha and "x the best" not in seed.describe()
     assert seed.theory_step == pytest.approx(0.9 * theory.alpha_opt(MU, L), rel=2e-3)
     assert "bracket of 40-step runs" in seed.describe() and "is the stability edge" in seed.regime
     assert suggest_lr(model, data, curvature_batches=1, bracket_steps=0).bracket is None
@@ -129,7 +135,7 @@ def test_seeded_trials_keep_the_best_step_and_skip_only_failures_above_it():
     assert bracketed(4.0, (1.0, "trains"), (2.0, "trains"), (4.0, "trains")) == ([4.0, 2.0, root2(4)], (1.0, root2(4)))
     # nothing trained in the short runs (a slow start, then a collapse): the theory's step is still tried first
     assert bracketed(1.0, (1.0, "slow"), (2.0, "collapsed")) == ([1.0, 0.5, 0.25], (0.25, root2(1)))
-    # in a metric the seed is half the bracket's best: that one first, then b, then the smaller step before 2b
+    # the seed half the bracket's best (AdaNAGGS; NAGGS above the theory's step): it first, then b, then b/4
     assert bracketed(2.0, (1.0, "trains"), (2.0, "trains"), (4.0, "trains"), first=0.5) == (
         [1.0, 2.0, 0.5],
         (0.5, root2(4)),

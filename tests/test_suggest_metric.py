@@ -58,15 +58,16 @@ def test_seed_without_warm_up_is_the_theory_s_step_for_the_preconditioned_sharpn
     assert seed.alpha == pytest.approx(theory_seed(expected, MU, MU).alpha, rel=1e-4)
 
 
-def test_in_a_metric_the_seed_is_half_the_bracket_s_best_and_says_so():
-    from naggs_lightning.lr.measure import METRIC_SEED_FRACTION
+def test_in_a_metric_the_seed_is_half_the_bracket_s_best_even_below_the_theory_s_step():
+    from naggs_lightning.lr.measure import SEED_FRACTION
 
     seed = suggest_lr(AdaLeastSquares(dim=DIM, mu=MU, gamma=MU), _data(), warmup_steps=0, bracket_steps=10)
-    assert seed.bracket is not None and METRIC_SEED_FRACTION == 0.5
+    assert seed.bracket is not None and SEED_FRACTION == 0.5
     assert seed.alpha == pytest.approx(0.5 * seed.bracket.best.alpha)
+    assert seed.bracket.best.factor == 1.0 and seed.alpha < seed.bracket.runs[0].alpha  # below the theory's step
     assert "0.5 x the best" in seed.describe()
     plain = suggest_lr(LeastSquares(dim=DIM, mu=MU, gamma=MU), _data(), warmup_steps=0, bracket_steps=10)
-    assert plain.alpha == plain.bracket.best.alpha and "x the best" not in plain.describe()
+    assert plain.alpha == max(0.5 * plain.bracket.best.alpha, plain.bracket.runs[0].alpha)
 
 
 def test_the_warm_up_trains_in_the_metric_and_reads_the_metric_it_ended_with():

@@ -94,8 +94,8 @@ class TuneOptions:
     )
     seed_trials: int = _option(
         4,
-        "seeded trials to enqueue around the best step the bracket found (b), at the configured mu: b, b/2, 2b, b/4, "
-        "4b, ...; AdaNAGGS: b/2, b, b/4, 2b, ...",
+        "seeded trials to enqueue around the best step the bracket found (b), at the configured mu: b/2, b, b/4, 2b, "
+        "...; NAGGS never below the theory's step: b, b/2, 2b, b/4, ... where the bracket kept that step",
     )
     warmup_steps: int = _option(
         WARMUP_STEPS,

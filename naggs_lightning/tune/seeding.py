@@ -3,8 +3,9 @@
 The curvature is measured once per study (:func:`~naggs_lightning.lr.measure.measured_seed`: a
 short warm-up on a copy of the model, then short runs at 1, 2 and 4 times the theory's step), at the mu
 the configured (or the model's own) NAGGS uses. The first ``seed_trials`` trials bracket the best step
-the short runs found, ``b``: ``b``, ``b/2``, ``2b``, ``b/4``, ... (a multiple where a short run collapsed or
-diverged is skipped), all at the configured mu. Every later trial searches alpha as a multiple of the theory's
+the short runs found, ``b``: ``b/2`` (never below the theory's step for NAGGS, so ``b`` itself where the bracket
+kept that step), ``b``, ``b/4``, ``2b``, ... (a multiple where a short run collapsed or diverged is skipped), all at
+the configured mu. Every later trial searches alpha as a multiple of the theory's
 step for its own mu (:class:`~naggs_lightning.tune.space.RelativeAlpha`).
 
 Where the user left mu and gamma to the defaults, the space follows the theory and the curvature met:
@@ -169,10 +170,11 @@ def seeded_ratios(seed: TheorySeed, count: int, bounds: tuple[float, float]) -> 
     the first towards the bracket's best ``b`` (down where ``s`` is ``b``), skipping multiples at or past a short
     run that collapsed or diverged, within ``bounds`` (:func:`ratio_range`).
 
-    For NAGGS the seed is ``b``: b, b/2, 2b, b/4, 4b, ... In a metric it is ``b/2``
-    (:data:`~naggs_lightning.lr.measure.METRIC_SEED_FRACTION`): b/2, b, b/4, 2b, ..., the smaller step before the
-    larger one for the reason the seed is halved (the short runs favour a step the full run cannot keep). On the
-    panel, AdaNAGGS's b/4 trial scores 0.974 on the BN-ResNet, where b/2, b and 2b read 0.960, 0.882 and 0.912."""
+    The seed is ``b/2`` (:data:`~naggs_lightning.lr.measure.SEED_FRACTION`): b/2, b, b/4, 2b, ..., the smaller step
+    before the larger one for the reason the seed is halved (the short runs favour a step the full run cannot keep).
+    For NAGGS it is never below the theory's step, so where the bracket kept that step the seed is ``b``: b, b/2, 2b,
+    b/4, 4b, ... On the panel, AdaNAGGS's b/4 trial scores 0.974 on the BN-ResNet, where b/2, b and 2b read 0.960,
+    0.882 and 0.912."""
     best, runs = _bracketed(seed)
     failed = (r.factor for r in runs if r.failed and r.factor > best)
     ceiling = min(failed, default=math.inf)
