@@ -116,7 +116,7 @@ def measure_curvature(
 #: The seed is this fraction of the bracket's best step: a 40-step run favours a step the full run cannot keep.
 #: NAGGS: never below the theory's step (the bracket's first run), which is stable for the curvature the warm-up met.
 #: Where the bracket climbed (``benchmarks/seed_fraction.py``: the panel's CNN and BN-ResNet, the deep digits CNN
-#: and the sort transformer, 10 of 32 probes), this seed trained the better full run than the bracket's best in 8,
+#: and the sort transformer, 10 of 32 probes), this seed trained a better model than the bracket's best in 8,
 #: as well in 1 and 1.2 points worse in 1 (median of 3 training seeds; mean 0.877 against 0.827); at the bracket's
 #: 2x the panel CNN collapsed to chance on one training seed. AdaNAGGS: below it too. Its metric is still forming in the
 #: warm-up and the short runs, and as it settles the preconditioned sharpness the run meets keeps rising (Cohen et

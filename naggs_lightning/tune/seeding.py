@@ -3,10 +3,10 @@
 The curvature is measured once per study (:func:`~naggs_lightning.lr.measure.measured_seed`: a
 short warm-up on a copy of the model, then short runs at 1, 2 and 4 times the theory's step), at the mu
 the configured (or the model's own) NAGGS uses. The first ``seed_trials`` trials bracket the best step
-the short runs found, ``b``: ``b/2`` (never below the theory's step for NAGGS, so ``b`` itself where the bracket
-kept that step), ``b``, ``b/4``, ``2b``, ... (a multiple where a short run collapsed or diverged is skipped), all at
-the configured mu. Every later trial searches alpha as a multiple of the theory's
-step for its own mu (:class:`~naggs_lightning.tune.space.RelativeAlpha`).
+the short runs found, ``b``, from the seed ``b/2``: ``b/2``, ``b``, ``b/4``, ``2b``, ..., or for NAGGS, whose seed is
+never below the theory's step, ``b``, ``b/2``, ``2b``, ``b/4``, ... where ``b`` is that step (a multiple where a short
+run collapsed or diverged is skipped), all at the configured mu. Every later trial searches alpha as a multiple of
+the theory's step for its own mu (:class:`~naggs_lightning.tune.space.RelativeAlpha`).
 
 Where the user left mu and gamma to the defaults, the space follows the theory and the curvature met:
 
