@@ -89,6 +89,7 @@ def test_bad_arguments_name_the_parameter(kwargs, match):
     ("quarters", "outcome"),
     [
         ([1.60, 1.60, 1.60, 1.60], "slow"),  # the loss has not moved yet: a larger step may move it
+        ([1.61, 1.61, 1.61, 1.61], "collapsed"),  # not moved, where the smaller step's run trained: dead
         ([1.50, 1.30, 1.58, 1.60], "collapsed"),  # it fell, then came back to the initial loss
         ([1.90, 1.75, 1.72, 1.70], "collapsed"),  # thrown above the initial loss and still there
         ([1.40, 1.10, 0.90, 0.80], "trains"),
@@ -100,8 +101,11 @@ def test_a_run_that_did_not_train_is_slow_unless_it_fell_or_rose_on_the_way(quar
     from naggs_lightning.lr.bracket import _outcome
     from naggs_lightning.lr.readings import BracketRun
 
-    earlier = [] if outcome != "no better" else [BracketRun(1.0, 0.1, 0.95, "trains")]
+    trained = outcome == "no better" or quarters[0] == 1.61
+    earlier = [BracketRun(1.0, 0.1, 0.95, "trains")] if trained else []
     assert _outcome(quarters, 1.609, earlier) == outcome
+    if outcome == "slow":  # after a run that was slow too, still a slow start
+        assert _outcome(quarters, 1.609, [BracketRun(1.0, 0.1, 1.6, "slow")]) == "slow"
 
 
 def test_seeded_trials_keep_the_best_step_and_skip_only_failures_above_it():

@@ -10,8 +10,10 @@ run can say where between the two it trains best; a few dozen steps say it, beca
 batches, at ``factors`` times the seed (1, 2, 4 by default: up to about 3.6 alpha* at the default safety),
 in increasing order. Each run's score is its mean training loss over the last quarter of its steps. A run
 whose score stays near the initial loss (at least 98 % of it) did not train: it *collapsed* if its loss fell
-below 90 % of the initial loss on the way (a catapult into a flat region) or ends above 105 % of it, and is
-*slow* otherwise (the loss has not moved yet: the bracket climbs on, since a larger step may move it). The
+below 90 % of the initial loss on the way (a catapult into a flat region), ends above 105 % of it, or a smaller
+step's run moved the loss on the same batches (a network killed at its first steps: on the panel CNN such a 4x run,
+after 2x trained, scored 0.099 over six full runs), and is *slow* otherwise (the loss has not moved yet at any step:
+the bracket climbs on, since a larger step may move it). The
 bracket stops climbing at the first run that diverges (a non-finite loss), collapses or does not score clearly
 (10 %) below the step under it; the suggested step is the last one the climb kept (the theory's step when none
 trained). The first factor is the theory's step itself, so the bracket never suggests a step below
@@ -125,7 +127,9 @@ def _outcome(quarters: list[float], initial: float, earlier: list[BracketRun]) -
         return "diverged"
     if score >= STALLED_SHARE * initial:
         fell = min(quarters) < FELL_SHARE * initial
-        return "collapsed" if fell or score > ROSE_SHARE * initial else "slow"
+        # A smaller step moved the loss on these same batches: this one is dead, not slow to start.
+        moved = any(r.outcome in ("trains", "no better") for r in earlier)
+        return "collapsed" if fell or moved or score > ROSE_SHARE * initial else "slow"
     if earlier and score >= GAIN_SHARE * earlier[-1].score:
         return "no better"
     return "trains"

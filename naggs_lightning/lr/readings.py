@@ -135,8 +135,9 @@ Outcome = Literal["trains", "no better", "slow", "collapsed", "diverged"]
 
 #: A score at or above this share of the initial loss is a run that did not train: a collapse (a catapult into
 #: a flat region, a loss back at the entropy of a uniform guess) if the loss fell below ``FELL_SHARE`` of the
-#: initial loss on the way or ends above ``ROSE_SHARE`` of it, else a slow start (a recurrent network at the
-#: theory's step: the loss has not moved yet in the run's steps, and a larger step may move it).
+#: initial loss on the way, ends above ``ROSE_SHARE`` of it or a smaller step's run trained, else a slow start (a
+#: recurrent network at the theory's step: the loss has not moved yet in the run's steps, and a larger step may move
+#: it).
 STALLED_SHARE = 0.98
 #: A larger step is kept only if its score is below this share of the previous run's: a gain within the
 #: short runs' noise is not worth the larger step's risk of collapsing later in the run (on the held-out GRU a
