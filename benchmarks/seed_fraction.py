@@ -18,29 +18,19 @@ networks of ``benchmarks/tuner_seeding.py`` (mu = gamma = 0.1). About 5 minutes 
 from __future__ import annotations
 
 import argparse
-import logging
 import multiprocessing
 import statistics
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import panel
-import torch
 import tuner_seeding
 
 SHARPENING = ("digits_cnn", "signal_cnn", "transformer")
 NETWORKS = (*panel.PANEL, *panel.HELD_OUT, *(f"sharpening:{name}" for name in SHARPENING))
 #: Training seeds of the full runs, as offsets from the probe seed.
 OFFSETS = (0, 10, 20)
-
-
-def _quiet() -> None:
-    torch.set_num_threads(1)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
 
 
 def _config(network: str, seed: int) -> dict[str, Any]:
@@ -50,8 +40,9 @@ def _config(network: str, seed: int) -> dict[str, Any]:
     else:
         config = panel._config({**panel.PANEL, **panel.HELD_OUT}[network], "NAGGS")
     config["seed_everything"] = seed
-    config["trainer"].update(enable_progress_bar=False, enable_model_summary=False, logger=False)
-    config["trainer"]["enable_checkpointing"] = False
+    config["trainer"].update(
+        enable_progress_bar=False, enable_model_summary=False, logger=False, enable_checkpointing=False
+    )
     return config
 
 
@@ -65,7 +56,7 @@ def probe(network: str, seed: int) -> tuple[str, int, dict[str, float], str]:
     """The bracket at ``seed``'s initialisation: the steps it leads to (theory's, best, seed) and its line."""
     from naggs_lightning import suggest_lr
 
-    _quiet()
+    panel._quiet_process()
     cli = _cli(_config(network, seed))
     found = suggest_lr(cli.model, cli.datamodule)
     best = found.bracket.best
@@ -75,7 +66,7 @@ def probe(network: str, seed: int) -> tuple[str, int, dict[str, float], str]:
 
 def fit(network: str, lr: float, seed: int) -> float:
     """The final val_acc of a full run at ``lr`` from ``seed``."""
-    _quiet()
+    panel._quiet_process()
     config = _config(network, seed)
     config["optimizer"].setdefault("init_args", {})["lr"] = lr
     cli = _cli(config)
@@ -89,7 +80,7 @@ def main() -> None:
     parser.add_argument("--probe-seeds", nargs="+", type=int, default=[0, 1, 2, 3])
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
-    _quiet()
+    panel._quiet_process()
     start = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         probes = list(pool.map(probe, *zip(*[(n, s) for n in args.networks for s in args.probe_seeds])))

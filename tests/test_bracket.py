@@ -86,23 +86,22 @@ def test_bad_arguments_name_the_parameter(kwargs, match):
 
 
 @pytest.mark.parametrize(
-    ("quarters", "outcome"),
+    ("quarters", "below", "outcome"),
     [
-        ([1.60, 1.60, 1.60, 1.60], "slow"),  # the loss has not moved yet: a larger step may move it
-        ([1.61, 1.61, 1.61, 1.61], "collapsed"),  # not moved, where the smaller step's run trained: dead
-        ([1.50, 1.30, 1.58, 1.60], "collapsed"),  # it fell, then came back to the initial loss
-        ([1.90, 1.75, 1.72, 1.70], "collapsed"),  # thrown above the initial loss and still there
-        ([1.40, 1.10, 0.90, 0.80], "trains"),
-        ([1.40, 1.10, 0.90, 0.88], "no better"),  # within 10 % of the step below (scored 0.95 here)
-        ([math.inf], "diverged"),
+        ([1.60, 1.60, 1.60, 1.60], None, "slow"),  # the loss has not moved yet: a larger step may move it
+        ([1.61, 1.61, 1.61, 1.61], "trains", "collapsed"),  # not moved, where the smaller step's run trained: dead
+        ([1.50, 1.30, 1.58, 1.60], None, "collapsed"),  # it fell, then came back to the initial loss
+        ([1.90, 1.75, 1.72, 1.70], None, "collapsed"),  # thrown above the initial loss and still there
+        ([1.40, 1.10, 0.90, 0.80], None, "trains"),
+        ([1.40, 1.10, 0.90, 0.88], "trains", "no better"),  # within 10 % of the step below (scored 0.95 there)
+        ([math.inf], None, "diverged"),
     ],
 )
-def test_a_run_that_did_not_train_is_slow_unless_it_fell_or_rose_on_the_way(quarters, outcome):
+def test_a_run_that_did_not_train_is_slow_unless_it_fell_or_rose_on_the_way(quarters, below, outcome):
     from naggs_lightning.lr.bracket import _outcome
     from naggs_lightning.lr.readings import BracketRun
 
-    trained = outcome == "no better" or quarters[0] == 1.61
-    earlier = [BracketRun(1.0, 0.1, 0.95, "trains")] if trained else []
+    earlier = [] if below is None else [BracketRun(1.0, 0.1, 0.95, below)]  # the smaller step's run
     assert _outcome(quarters, 1.609, earlier) == outcome
     if outcome == "slow":  # after a run that was slow too, still a slow start
         assert _outcome(quarters, 1.609, [BracketRun(1.0, 0.1, 1.6, "slow")]) == "slow"

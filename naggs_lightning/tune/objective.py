@@ -319,12 +319,10 @@ class TrialCallback(Callback):
         self.monitor = monitor
         self.reason: str | None = None
         self._validations = 0
-        self._planned: int | None = None
         self._collapse = CollapseDetector()
         self._collapsed: str | None = None
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._planned = expected_validations(trainer)
         if trainer.is_global_zero:
             self.trial.set_user_attr(WORLD_SIZE, trainer.world_size)
         if trainer.world_size > 1:
@@ -380,11 +378,13 @@ class TrialCallback(Callback):
             pruner = type(self.trial.study.pruner).__name__
             self._stop(trainer, f"pruned by {pruner} at validation {step}: {self.monitor} = {value:.6g}")
 
-    def _ends_run(self, trainer: Trainer, step: int) -> bool:
+    @staticmethod
+    def _ends_run(trainer: Trainer, step: int) -> bool:
         """Whether validation ``step`` is the run's last: its step limit is reached, or its planned validations."""
         if trainer.max_steps not in (-1, None) and trainer.global_step >= trainer.max_steps:
             return True
-        return self._planned is not None and step >= self._planned - 1
+        planned = expected_validations(trainer)
+        return planned is not None and step >= planned - 1
 
 
 def _destroy_process_group() -> None:
